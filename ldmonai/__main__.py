@@ -1,0 +1,5 @@
+import sys
+
+from ldmonai.cli import main
+
+sys.exit(main())

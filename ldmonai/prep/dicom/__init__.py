@@ -1,0 +1,7 @@
+"""DICOM to NIfTI conversion that matches dcm2niix (see :mod:`.convert`)."""
+
+from ldmonai.prep.dicom.convert import REPORT_NAME, ConversionReport, convert_series, convert_tree
+from ldmonai.prep.dicom.naming import DEFAULT_TEMPLATE, render_name, sanitize_component
+
+__all__ = ["DEFAULT_TEMPLATE", "REPORT_NAME", "ConversionReport", "convert_series", "convert_tree",
+           "render_name", "sanitize_component"]
