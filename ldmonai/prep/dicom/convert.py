@@ -23,7 +23,7 @@ from ldmonai.errors import LdmonaiError
 from ldmonai.io.atomic import atomic_path, atomic_write_json, remove_stale_temps
 from ldmonai.prep.dicom.header import read_header
 from ldmonai.prep.dicom.naming import DEFAULT_TEMPLATE, inside, render_name, template_fields
-from ldmonai.prep.dicom.series import Series, group_series
+from ldmonai.prep.dicom.series import Series, drop_duplicates, group_series
 
 REPORT_NAME = "conversion_report.json"
 
@@ -37,6 +37,7 @@ class ConversionReport:
     converted: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    duplicates: list = field(default_factory=list)
     files_scanned: int = 0
     files_ignored: int = 0
     seconds: float = 0.0
@@ -54,13 +55,13 @@ class ConversionReport:
             "input_dir": self.input_dir, "output_dir": self.output_dir, "ok": self.ok,
             "files_scanned": self.files_scanned, "files_ignored": self.files_ignored,
             "seconds": round(self.seconds, 3), "converted": self.converted,
-            "skipped": self.skipped, "failed": self.failed,
+            "skipped": self.skipped, "failed": self.failed, "duplicates": self.duplicates,
         }
 
     def summary(self) -> str:
         lines = [f"{len(self.converted)} series converted, {len(self.skipped)} already done, "
                  f"{len(self.failed)} failed; {self.files_scanned} files read "
-                 f"({self.files_ignored} not DICOM images) in {self.seconds:.2f} s -> {self.output_dir}"]
+                 f"({self.files_ignored} not DICOM images, {len(self.duplicates)} duplicates) in {self.seconds:.2f} s -> {self.output_dir}"]
         for f in self.failed:
             lines.append(f"  FAILED {f['path']}: {f['reason']}" + (f" (fix: {f['fix']})" if f.get("fix") else ""))
         return "\n".join(lines)
@@ -216,6 +217,7 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, template
         raise LdmonaiError(f"no DICOM images among {len(files)} files", in_root,
                            "check that IN_DIR holds DICOM image files (any suffix is fine)")
 
+    headers, report.duplicates = drop_duplicates(headers)
     ext = ".nii.gz" if compress else ".nii"
     jobs, taken = [], set()
     for series in group_series(headers):

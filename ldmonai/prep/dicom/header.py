@@ -30,7 +30,7 @@ KIND_NAMES = {0: "MAGNITUDE", 1: "PHASE", 2: "REAL", 3: "IMAGINARY"}
 # Parsing only these keeps the header pass fast; everything else is read for the first
 # file of each series when the sidecar is written.
 HEADER_TAGS = [
-    "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "SeriesNumber", "SeriesDescription",
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SeriesNumber", "SeriesDescription",
     "ProtocolName", "PatientID", "PatientName", "StudyDate", "StudyTime", "SeriesDate",
     "AccessionNumber", "Modality", "Manufacturer", "ImageType", "EchoNumbers", "EchoTime",
     "AcquisitionNumber", "InstanceNumber", "AcquisitionTime", "TemporalPositionIdentifier",
@@ -239,11 +239,13 @@ def read_header(path: str) -> FileHeader | None:
     try:
         with open(path, "rb") as fh:
             ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True, specific_tags=HEADER_TAGS)
-            sop = _get(ds, "SOPClassUID") or (
-                _plain(ds.file_meta.get("MediaStorageSOPClassUID").value)
-                if getattr(ds, "file_meta", None) is not None and "MediaStorageSOPClassUID" in ds.file_meta else None)
-            if sop == DIRECTORY_SOP or _get(ds, "Rows") is None:
-                return None  # a DICOMDIR or a non-image object: nothing to convert
+            meta = getattr(ds, "file_meta", None)
+            sop = _get(ds, "SOPClassUID") or (_get(meta, "MediaStorageSOPClassUID") if meta is not None else None)
+            if sop == DIRECTORY_SOP or (sop is not None and _get(ds, "Rows") is None):
+                return None  # a DICOMDIR or a non-image object (report, plan): nothing to convert
+            if _get(ds, "Rows") is None:
+                raise LdmonaiError("DICOM file without a readable SOP class or image size", path,
+                                   "the header is corrupt; re-export the file or remove it from the input")
             pixel = _pixel_info(ds, fh, path)
     except LdmonaiError:
         raise

@@ -89,6 +89,29 @@ def _positions(headers: list[FileHeader]) -> frozenset:
     return frozenset(out)
 
 
+def drop_duplicates(headers: list[FileHeader]) -> tuple[list[FileHeader], list[dict]]:
+    """Keep one file per SOPInstanceUID (copies in two folders are common in exports).
+
+    The kept copy is the one whose pixel data is longest, so a truncated duplicate never
+    replaces a complete file. Returns the kept headers and one note per dropped file.
+    """
+    best: dict = {}
+    notes = []
+    for h in sorted(headers, key=lambda h: h.path):
+        uid = h.tags.get("SOPInstanceUID")
+        if not uid:
+            best[id(h)] = h
+            continue
+        kept = best.get(uid)
+        if kept is None:
+            best[uid] = h
+            continue
+        if (h.pixel.get("length") or 0) > (kept.pixel.get("length") or 0):
+            best[uid], h = h, kept
+        notes.append({"path": h.path, "duplicate_of": best[uid].path})
+    return list(best.values()), notes
+
+
 def group_series(headers: list[FileHeader]) -> list[Series]:
     """Group and split headers into series, ordered by (patient, series number, uid)."""
     by_uid: dict = {}
@@ -115,14 +138,18 @@ def group_series(headers: list[FileHeader]) -> list[Series]:
         else:
             flat.append((key, suffix, hs))
 
-    # Acquisitions that cover different positions are separate volumes; those that repeat
-    # the same positions are the time points of one 4D series.
+    # Acquisitions that cover other positions are separate volumes (two stacks in one series);
+    # those that repeat the same positions are the time points of one 4D series. One that
+    # covers a subset of another's positions is an incomplete time point, not a new stack,
+    # and must surface as missing slices.
     final = []
     for key, suffix, hs in flat:
         by_acq: dict = {}
         for h in hs:
             by_acq.setdefault(h.tags.get("AcquisitionNumber") or 0, []).append(h)
-        if len(by_acq) > 1 and len({_positions(v) for v in by_acq.values()}) > 1:
+        covered = [_positions(v) for v in by_acq.values()]
+        widest = max(covered, key=len) if covered else frozenset()
+        if len(by_acq) > 1 and any(not c <= widest for c in covered):
             for acq, members in sorted(by_acq.items()):
                 final.append((key + (("acq", acq),), f"{suffix}_a{acq}", members))
         else:

@@ -250,9 +250,11 @@ def stack_series(series: Series) -> Volume:
                 extra = plane.shape[2:]
                 out = np.empty((cols, rows, nz, nt) + extra, dtype=plane.dtype)
             if notes.get("GantryTiltCorrected"):
+                # Slice k was acquired displaced by k*in_plane; move its content by the same
+                # amount so that every slice shares slice 0's in-plane grid.
                 off = k * in_plane
-                drow = -float(np.dot(off, col_cos)) / spacing[0]
-                dcol = -float(np.dot(off, row_cos)) / spacing[1]
+                drow = float(np.dot(off, col_cos)) / spacing[0]
+                dcol = float(np.dot(off, row_cos)) / spacing[1]
                 fill = float(sample.min())
                 shifted = _shift_plane(plane, drow, dcol, fill)
                 plane = np.rint(shifted).astype(plane.dtype) if np.issubdtype(plane.dtype, np.integer) else shifted.astype(plane.dtype)
