@@ -8,6 +8,7 @@ processes build these in parallel; the pixels are read later, once per series.
 from __future__ import annotations
 
 import struct
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,17 +119,37 @@ def _plain(value):
     return str(value)
 
 
+def _values(ds) -> dict:
+    """Every element present in ``ds`` as plain values, keyed by keyword (private tags by Tag).
+
+    Converting each element once is several times faster than asking pydicom for ~45
+    keywords per file, most of which are absent.
+    """
+    out = {}
+    for elem in ds:
+        try:
+            value = elem.value
+        except Exception:  # a malformed value must not hide the rest of the header
+            continue
+        if elem.VR == "SQ":
+            continue
+        out[elem.keyword or elem.tag] = _plain(value)
+    return out
+
+
 def _get(ds, keyword, default=None):
-    try:
-        elem = ds.get(keyword)
-    except Exception:  # a malformed value must not hide the rest of the header
+    """``keyword`` of a pydicom Dataset or of a :func:`_values` dict; empty counts as missing."""
+    if isinstance(ds, dict):
+        value = ds.get(keyword)
+    else:
+        try:
+            elem = ds.get(keyword)
+        except Exception:
+            return default
+        value = _plain(elem.value if isinstance(elem, pydicom.DataElement) else elem) if elem is not None else None
+    if value in (None, "", b"", ()):
         return default
-    if elem is None:
-        return default
-    value = elem.value if isinstance(elem, pydicom.DataElement) else elem
-    if value in (None, "", b""):
-        return default
-    return _plain(value)
+    return value
 
 
 def _image_kind(ds, image_type: tuple) -> str:
@@ -145,26 +166,31 @@ def _image_kind(ds, image_type: tuple) -> str:
     return "MAGNITUDE"
 
 
-def _pixel_info(ds, fh, path: str) -> dict:
+def _pixel_info(ds, vals: dict, fh, path: str) -> dict:
     """Where the pixel data starts, and whether we can read it with one ``np.fromfile``."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if meta is not None else "1.2.840.10008.1.2"
     info = {
         "syntax": syntax,
-        "bits": int(_get(ds, "BitsAllocated", 16)),
-        "signed": int(_get(ds, "PixelRepresentation", 0)) == 1,
-        "samples": int(_get(ds, "SamplesPerPixel", 1)),
-        "photometric": _get(ds, "PhotometricInterpretation", "MONOCHROME2"),
-        "n_frames": int(_get(ds, "NumberOfFrames", 1) or 1),
+        "bits": int(_get(vals, "BitsAllocated", 16)),
+        "signed": int(_get(vals, "PixelRepresentation", 0)) == 1,
+        "samples": int(_get(vals, "SamplesPerPixel", 1)),
+        "photometric": _get(vals, "PhotometricInterpretation", "MONOCHROME2"),
+        "n_frames": int(_get(vals, "NumberOfFrames", 1) or 1),
         "offset": None,
         "length": None,
     }
+    if syntax not in NATIVE_SYNTAXES:
+        # Compressed or deflated: pydicom decodes the whole object later, and for a deflated
+        # stream the file position says nothing about where the pixels are.
+        info["encapsulated"] = True
+        return info
     pos = fh.tell()
     header = fh.read(12)
     if len(header) < 8:
         raise LdmonaiError("no pixel data: the file ends before the image", path,
                            "re-export the series from the scanner or PACS; the file is truncated")
-    endian, explicit = NATIVE_SYNTAXES.get(syntax, ("<", True))
+    endian, explicit = NATIVE_SYNTAXES[syntax]
     group, elem = struct.unpack(endian + "HH", header[:4])
     if (group, elem) != (0x7FE0, 0x0010):
         return info  # float/double pixel data or trailing elements: let pydicom decode
@@ -178,15 +204,13 @@ def _pixel_info(ds, fh, path: str) -> dict:
         (length,) = struct.unpack(endian + "I", header[4:8])
         value_at = pos + 8
     info["encapsulated"] = length == 0xFFFFFFFF
-    if syntax in NATIVE_SYNTAXES and not info["encapsulated"]:
+    if not info["encapsulated"]:
         info["offset"], info["length"] = value_at, length
     return info
 
 
 def read_csa(path: str) -> dict:
     """The Siemens CSA image header of ``path`` as nibabel parses it ({} when absent)."""
-    import warnings
-
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nibabel flags its DICOM readers as experimental
@@ -237,29 +261,33 @@ def read_header(path: str) -> FileHeader | None:
     if not looks_like_dicom(path):
         return None
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh, warnings.catch_warnings():
+            # pydicom warns per file about recoverable oddities; a batch of thousands would
+            # drown the report, where real problems surface.
+            warnings.simplefilter("ignore")
             ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True, specific_tags=HEADER_TAGS)
+            vals = _values(ds)
             meta = getattr(ds, "file_meta", None)
-            sop = _get(ds, "SOPClassUID") or (_get(meta, "MediaStorageSOPClassUID") if meta is not None else None)
-            if sop == DIRECTORY_SOP or (sop is not None and _get(ds, "Rows") is None):
+            sop = _get(vals, "SOPClassUID") or (_get(meta, "MediaStorageSOPClassUID") if meta is not None else None)
+            if sop == DIRECTORY_SOP or (sop is not None and _get(vals, "Rows") is None):
                 return None  # a DICOMDIR or a non-image object (report, plan): nothing to convert
-            if _get(ds, "Rows") is None:
+            if _get(vals, "Rows") is None:
                 raise LdmonaiError("DICOM file without a readable SOP class or image size", path,
                                    "the header is corrupt; re-export the file or remove it from the input")
-            pixel = _pixel_info(ds, fh, path)
+            pixel = _pixel_info(ds, vals, fh, path)
     except LdmonaiError:
         raise
     except (InvalidDicomError, EOFError, struct.error, OSError, ValueError, KeyError, TypeError) as exc:
         raise LdmonaiError(f"unreadable DICOM header ({type(exc).__name__}: {exc})", path,
                            "the file is corrupt or truncated; re-export it or remove it from the input") from None
 
-    image_type = _get(ds, "ImageType", ()) or ()
+    image_type = _get(vals, "ImageType", ()) or ()
     image_type = image_type if isinstance(image_type, tuple) else (image_type,)
-    tags = {kw: _get(ds, kw) for kw in HEADER_TAGS if isinstance(kw, str) and not kw.endswith("Sequence")}
+    tags = {kw: _get(vals, kw) for kw in HEADER_TAGS if isinstance(kw, str) and not kw.endswith("Sequence")}
     tags["ImageType"] = image_type
-    tags["ImageKind"] = _image_kind(ds, image_type)
-    rows, cols = int(_get(ds, "Rows")), int(_get(ds, "Columns") or 0)
-    series_uid = _get(ds, "SeriesInstanceUID") or f"no-series-uid:{path}"
+    tags["ImageKind"] = _image_kind(vals, image_type)
+    rows, cols = int(_get(vals, "Rows")), int(_get(vals, "Columns") or 0)
+    series_uid = _get(vals, "SeriesInstanceUID") or f"no-series-uid:{path}"
     header = FileHeader(path=path, series_uid=series_uid, tags=tags, rows=rows, cols=cols, pixel=pixel)
 
     manufacturer = str(tags.get("Manufacturer") or "").upper()
@@ -276,6 +304,10 @@ def read_header(path: str) -> FileHeader | None:
     try:
         if "PerFrameFunctionalGroupsSequence" in ds:
             header.frames = _frames_enhanced(ds, path)
+            if len(header.frames) != pixel["n_frames"]:
+                raise LdmonaiError(
+                    f"functional groups describe {len(header.frames)} frames but NumberOfFrames is "
+                    f"{pixel['n_frames']}", path, "the multi-frame object is inconsistent; re-export it")
             return header
     except LdmonaiError:
         raise

@@ -8,6 +8,7 @@ the slice normal in increasing position. A 4th axis holds repeated acquisitions 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,14 +48,21 @@ class Volume:
 def _decode_with_pydicom(path: str) -> np.ndarray:
     syntax = None
     try:
-        ds = pydicom.dcmread(path, force=True)
-        syntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
-        return np.asarray(ds.pixel_array)
+        syntax = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.get("TransferSyntaxUID")
+    except Exception:
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)
+            pixels = np.asarray(ds.pixel_array)
+        return pixels
     except Exception as exc:  # decoder plugins raise many types; all mean the same to a user
         name = getattr(syntax, "name", None)
         fix = ("install a decoder for this transfer syntax (pip install pylibjpeg pylibjpeg-libjpeg "
                "pylibjpeg-openjpeg, or pyjpegls for JPEG-LS), or decompress with 'gdcmconv --raw'")
-        what = f"pixel data could not be decoded{f' ({name})' if name else ''}: {exc}"
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        what = f"pixel data could not be decoded{f' ({name})' if name else ''}: {detail}"
         raise LdmonaiError(what, path, fix) from None
 
 

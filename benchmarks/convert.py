@@ -1,0 +1,105 @@
+"""Benchmark: DICOM to NIfTI conversion, ldmonai against dcm2niix and dicom2nifti, one run.
+
+Each converter runs as a fresh process on the same input (cold start included: that is what
+a user waits for), writing uncompressed NIfTI to a fresh folder. Reported: median wall time
+over --repeats runs, peak resident memory of the converter process (for ldmonai with workers,
+the largest single process), the number of NIfTI files written, and ratios against the
+baselines measured in the same run.
+
+    python benchmarks/convert.py [IN_DIR] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_IN = ROOT.parent / "shared" / "data" / "dcm_qa_nih" / "In"
+
+# Runs the command and prints its peak RSS (KiB) as the last line: RUSAGE_CHILDREN of a
+# wrapper that has exactly one child is that child's peak (the max over its own children).
+WRAPPER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+           "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+           "sys.exit(r.returncode)")
+DICOM2NIFTI = ("import sys, dicom2nifti, dicom2nifti.settings as s; s.disable_validate_slice_increment(); "
+               "dicom2nifti.convert_directory(sys.argv[1], sys.argv[2], compression=False, reorient=False)")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def tools(in_dir: Path) -> dict:
+    dcm2niix = shutil.which("dcm2niix") or str(Path(sys.executable).parent / "dcm2niix")
+    ldmonai = [sys.executable, "-m", "ldmonai", "prep", "convert", str(in_dir), "{out}", "--no-compress", "--quiet"]
+    return {
+        "dcm2niix": [dcm2niix, "-z", "n", "-b", "y", "-o", "{out}", str(in_dir)],
+        "dicom2nifti": [sys.executable, "-c", DICOM2NIFTI, str(in_dir), "{out}"],
+        "ldmonai (1 worker)": ldmonai + ["--workers", "1"],
+        "ldmonai (2 workers)": ldmonai + ["--workers", "2"],
+    }
+
+
+def run_once(cmd: list[str]) -> tuple[float, float, int, int]:
+    with tempfile.TemporaryDirectory() as out:
+        argv = [c.replace("{out}", out) for c in cmd]
+        start = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", WRAPPER, *argv], capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        peak_mb = int(res.stdout.strip().splitlines()[-1]) / 1024 if res.stdout.strip() else float("nan")
+        written = len(list(Path(out).rglob("*.nii")))
+        return wall, peak_mb, written, res.returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("in_dir", nargs="?", default=str(DEFAULT_IN))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    in_dir = Path(args.in_dir)
+    if not in_dir.is_dir():
+        print(f"input {in_dir} not found: pass IN_DIR (the dcm_qa_nih inputs live in ../shared/data)")
+        return 2
+    n_files = sum(1 for p in in_dir.rglob("*") if p.is_file())
+    print(f"DICOM to NIfTI on {in_dir} ({n_files} files)")
+    print(f"hardware: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}")
+    results = {}
+    for name, cmd in tools(in_dir).items():
+        run_once(cmd)  # warm the page cache and imports once; not timed
+        runs = [run_once(cmd) for _ in range(args.repeats)]
+        walls = [r[0] for r in runs]
+        results[name] = {"wall_s": statistics.median(walls), "min_s": min(walls),
+                         "peak_mb": max(r[1] for r in runs), "nifti": runs[-1][2],
+                         "rc": max(r[3] for r in runs)}
+    base, d2n = results["dcm2niix"], results["dicom2nifti"]
+    print(f"\n{'converter':<22}{'median s':>10}{'min s':>8}{'peak MB':>9}{'NIfTI':>7}"
+          f"{'x dcm2niix':>12}{'x dicom2nifti':>15}")
+    for name, r in results.items():
+        print(f"{name:<22}{r['wall_s']:>10.3f}{r['min_s']:>8.3f}{r['peak_mb']:>9.1f}{r['nifti']:>7}"
+              f"{r['wall_s'] / base['wall_s']:>12.2f}{r['wall_s'] / d2n['wall_s']:>15.2f}"
+              + ("" if r["rc"] == 0 else f"   (exit {r['rc']})"))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"input": str(in_dir), "cpu": cpu_name(),
+                                               "cpus": os.cpu_count(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

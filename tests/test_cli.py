@@ -1,0 +1,49 @@
+"""The ``ldmonai`` command line: help with examples, one-line errors, exit codes, the demo."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ldmonai", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_examples():
+    top = run("--help")
+    assert top.returncode == 0 and "prep convert" in top.stdout
+    conv = run("prep", "convert", "--help")
+    assert conv.returncode == 0
+    assert "examples:" in conv.stdout and "--workers" in conv.stdout and "--template" in conv.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("prep",), ("prep", "convert"), ("prep", "convert", "a", "b", "--workers", "0"),
+                                  ("prep", "convert", "a", "b", "--bogus"), ("nosuch",)])
+def test_bad_arguments_give_one_line_and_exit_2(args):
+    res = run(*args)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ldmonai") and "error:" in lines[0], res.stderr
+
+
+def test_missing_input_is_one_clear_line(tmp_path):
+    res = run("prep", "convert", str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert res.returncode == 1
+    assert res.stderr.strip().count("\n") == 0 and "does not exist" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_template_is_refused(tmp_path):
+    (tmp_path / "in").mkdir()
+    res = run("prep", "convert", str(tmp_path / "in"), str(tmp_path / "out"), "--template", "../{PatientID}")
+    assert res.returncode == 1 and "template" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_demo_converts_the_embedded_samples(tmp_path):
+    res = run("demo", "--out-dir", str(tmp_path / "demo"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    niftis = list((tmp_path / "demo" / "nifti").rglob("*.nii.gz"))
+    assert len(niftis) >= 25 and "NIfTI + BIDS JSON" in res.stdout
+    again = run("demo", "--out-dir", str(tmp_path / "demo"))  # resumes: nothing to redo
+    assert again.returncode == 0 and "0 series converted" in again.stdout
