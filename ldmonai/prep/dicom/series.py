@@ -9,6 +9,7 @@ acquisitions cover different positions. Each split adds a dcm2niix-style name su
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +46,6 @@ class Series:
 
     @property
     def folder(self) -> str:
-        import os
-
         return os.path.dirname(self.first.path)
 
 

@@ -144,7 +144,7 @@ def ge_protocol_block(ds) -> dict:
     return pairs
 
 
-def _ge(ds, series: Series, volume: Volume, out: dict) -> bool | None:
+def _ge(ds, volume: Volume, out: dict) -> bool | None:
     pdb = ge_protocol_block(ds)
     if not pdb:
         return None
@@ -193,7 +193,7 @@ def build_sidecar(series: Series, volume: Volume) -> dict:
     if vendor == "Siemens":
         positive = _siemens(volume, out)
     elif vendor == "GE":
-        positive = _ge(ds, series, volume, out)
+        positive = _ge(ds, volume, out)
 
     in_plane = _get(ds, "InPlanePhaseEncodingDirection")
     if modality == "MR" and in_plane in ("ROW", "COL"):

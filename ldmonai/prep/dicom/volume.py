@@ -246,7 +246,9 @@ def stack_series(series: Series) -> Volume:
         for t, i in enumerate(cluster):
             h, f = items[i]
             if h.path not in cache:
-                cache = {h.path: read_pixels(h)} if len(cache) > 64 else {**cache, h.path: read_pixels(h)}
+                if len(cache) >= 64:  # bound memory on long series; files arrive roughly in order
+                    cache.clear()
+                cache[h.path] = read_pixels(h)
             plane = _tile(cache[h.path], f, tile_shape)
             if plane.shape[:2] != (rows, cols):
                 raise LdmonaiError(f"image is {plane.shape[0]}x{plane.shape[1]} where the series is {rows}x{cols}",
