@@ -163,8 +163,3 @@ def corrupt_copy(src, dst, keep_bytes: int | None = None, garbage_at: int | None
     Path(dst).write_bytes(raw)
     return Path(dst)
 
-
-def set_tag(path, keyword, value) -> None:
-    ds = pydicom.dcmread(path)
-    setattr(ds, keyword, value)
-    ds.save_as(path)

@@ -50,15 +50,13 @@ def test_geometry_matches_simpleitk_and_truth(tmp_path, orientation):
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "in")))
     ref = reader.Execute()
     ref_arr = sitk.GetArrayFromImage(ref)  # (slices, rows, cols)
-    ijk = np.array([[0, 0, 0], [10, 8, 6], [3, 5, 2]])
-    for i, j, k in ijk:
+    # The index comparison below assumes SimpleITK also stacks along the increasing normal.
+    step = np.array(ref.TransformIndexToPhysicalPoint((0, 0, 1))) - ref.GetOrigin()
+    np.testing.assert_allclose(step, 2.5 * np.cross(orientation[:3], orientation[3:]), atol=1e-3)
+    for i, j, k in [(0, 0, 0), (10, 8, 6), (3, 5, 2)]:
         ours_world = img.affine @ [i, j, k, 1]
         row = 8 - j  # our j runs against DICOM rows
-        lps = np.array(ref.TransformIndexToPhysicalPoint((int(i), int(row), int(k))))
-        if ref.GetDirection()[8] * np.cross(orientation[:3], orientation[3:])[2] < 0 or \
-                not np.allclose(np.array(ref.TransformIndexToPhysicalPoint((0, 0, 1))) - ref.GetOrigin(),
-                                2.5 * np.cross(orientation[:3], orientation[3:]), atol=1e-3):
-            pytest.fail("SimpleITK sorted slices differently; the comparison below assumes increasing normal")
+        lps = np.array(ref.TransformIndexToPhysicalPoint((i, row, k)))
         np.testing.assert_allclose(ours_world[:3], lps * [-1, -1, 1], atol=1e-3)
         assert np.asarray(img.dataobj)[i, j, k] == ref_arr[k, row, i]
     assert side["ImageOrientationPatientDICOM"] == pytest.approx(list(orientation), abs=1e-5)

@@ -95,12 +95,15 @@ def _clock(value: str | None) -> str | None:
 
 
 # ----------------------------------------------------------------------------- vendors
-def _mosaic_times(volume_slices: list) -> list[float] | None:
-    """Slice times (ms) of one volume from its CSA MosaicRefAcqTimes, in output slice order."""
+def _mosaic_times(volume_slices: list, csa: dict | None = None) -> list[float] | None:
+    """Slice times (ms) of one volume from its CSA MosaicRefAcqTimes, in output slice order.
+
+    ``csa`` is the volume file's parsed CSA header when the caller already has it.
+    """
     if not volume_slices:
         return None
-    header = volume_slices[0][0]
-    times = read_csa(header.path).get("tags", {}).get("MosaicRefAcqTimes", {}).get("items") or []
+    csa = read_csa(volume_slices[0][0].path) if csa is None else csa
+    times = csa.get("tags", {}).get("MosaicRefAcqTimes", {}).get("items") or []
     tiles = [f.tile for _, f in volume_slices]
     if not times or len(set(tiles)) != len(tiles) or not all(0 <= t < len(times) for t in tiles):
         return None
@@ -116,7 +119,7 @@ def _siemens(volume: Volume, out: dict) -> bool | None:
     csa = read_csa(volume.slices[0][0].path) if volume.slices else {}
     if not csa:
         return None
-    times = _mosaic_times(volume.slices)
+    times = _mosaic_times(volume.slices, csa)
     later = _mosaic_times(volume.second)
     if times and later and len(later) == len(times) and np.ptp(later) > np.ptp(times) + 1e-6:
         times = later

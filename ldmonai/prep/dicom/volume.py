@@ -45,25 +45,17 @@ class Volume:
 
 
 # ----------------------------------------------------------------------------- pixels
-def _decode_with_pydicom(path: str) -> np.ndarray:
-    syntax = None
-    try:
-        syntax = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.get("TransferSyntaxUID")
-    except Exception:
-        pass
+def _decode_with_pydicom(header: FileHeader) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True)
-            pixels = np.asarray(ds.pixel_array)
-        return pixels
+            return np.asarray(pydicom.dcmread(header.path, force=True).pixel_array)
     except Exception as exc:  # decoder plugins raise many types; all mean the same to a user
-        name = getattr(syntax, "name", None)
+        name = pydicom.uid.UID(header.pixel["syntax"]).name
         fix = ("install a decoder for this transfer syntax (pip install pylibjpeg pylibjpeg-libjpeg "
                "pylibjpeg-openjpeg, or pyjpegls for JPEG-LS), or decompress with 'gdcmconv --raw'")
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        what = f"pixel data could not be decoded{f' ({name})' if name else ''}: {detail}"
-        raise LdmonaiError(what, path, fix) from None
+        raise LdmonaiError(f"pixel data could not be decoded ({name}): {detail}", header.path, fix) from None
 
 
 def read_pixels(header: FileHeader) -> np.ndarray:
@@ -75,7 +67,7 @@ def read_pixels(header: FileHeader) -> np.ndarray:
     fast = (px["offset"] is not None and px["samples"] == 1 and px["bits"] in (8, 16, 32)
             and (not px["signed"] or header.tags.get("BitsStored") in (None, px["bits"])))
     if not fast:
-        arr = _decode_with_pydicom(header.path)
+        arr = _decode_with_pydicom(header)
         if px["samples"] == 1 and arr.ndim == 2:
             arr = arr[None]
         elif px["samples"] > 1 and arr.ndim == 3:
