@@ -33,3 +33,39 @@ class LdmonaiError(Exception):
 
     def to_dict(self) -> dict:
         return {"path": self.path, "reason": self.message, "fix": self.fix}
+
+
+def find_ldmonai_error(exc: BaseException | None) -> LdmonaiError | None:
+    """The first :class:`LdmonaiError` in ``exc``'s cause/context chain, if any.
+
+    MONAI wraps errors raised inside transforms in ``RuntimeError("applying transform ...")``;
+    the user-facing error is underneath.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, LdmonaiError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def install_excepthook() -> None:
+    """Print an uncaught :class:`LdmonaiError` as one line instead of a traceback.
+
+    Bundle configs call this in their ``initialize`` list, so ``python -m monai.bundle run``
+    reports a bad case the way the ``ldmonai`` CLI does. Other exceptions keep Python's
+    default traceback.
+    """
+    import sys
+
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        err = find_ldmonai_error(exc)
+        if err is None:
+            previous(exc_type, exc, tb)
+        else:
+            print(f"ldmonai: error: {err}", file=sys.stderr)
+
+    sys.excepthook = hook

@@ -1,5 +1,17 @@
 """Small I/O helpers shared by every writer in the toolkit."""
 
 from ldmonai.io.atomic import TMP_MARK, atomic_path, atomic_write_json, remove_stale_temps
+from ldmonai.io.preview import SavePreviewd, save_png, segmentation_panel
+from ldmonai.io.writers import AtomicITKWriter, AtomicNibabelWriter
 
-__all__ = ["TMP_MARK", "atomic_path", "atomic_write_json", "remove_stale_temps"]
+__all__ = [
+    "TMP_MARK",
+    "AtomicITKWriter",
+    "AtomicNibabelWriter",
+    "SavePreviewd",
+    "atomic_path",
+    "atomic_write_json",
+    "remove_stale_temps",
+    "save_png",
+    "segmentation_panel",
+]

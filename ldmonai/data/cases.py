@@ -1,0 +1,107 @@
+"""What an inference run works through: find the images, drop the unreadable, skip the done.
+
+A batch never stops on one bad file: unreadable or NaN-filled images are listed in
+``skipped_cases.json`` with the reason and left out, and cases whose outputs already exist
+are skipped, so re-running the same command resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ldmonai.data.datalist import load_datalist
+from ldmonai.errors import LdmonaiError
+from ldmonai.io.atomic import atomic_write_json
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """File name without its image suffix (``.nii.gz`` counts as one)."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def find_images(source: str | os.PathLike, split: str = "test", key: str = "image") -> list[dict]:
+    """Cases from a datalist JSON (its ``split``), a single image file, or a folder of images.
+
+    Folders are listed in sorted order, never in the filesystem's order.
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".json":
+        return [{key: e[key]} for e in load_datalist(source, split, keys=(key,))]
+    if source.is_file():
+        return [{key: str(source)}]
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            raise LdmonaiError(
+                "folder holds no images", source, f"put images with one of {', '.join(IMAGE_SUFFIXES)} in it"
+            )
+        return [{key: str(p)} for p in files]
+    raise LdmonaiError("input not found", source, "pass an image file, a folder of images or a datalist JSON")
+
+
+def _problem(path: str, spatial_dims: int | None) -> str | None:
+    from monai.transforms import LoadImage
+
+    try:
+        array = np.asarray(LoadImage(image_only=True)(path))
+    except Exception as err:  # noqa: BLE001 - any reader failure makes the case unusable
+        return f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+    if array.size == 0:
+        return "is empty"
+    if not np.isfinite(array).all():
+        return "contains NaN or infinite values"
+    dims = np.squeeze(array).ndim
+    if spatial_dims is not None and dims != spatial_dims and not (spatial_dims == 2 and dims == 3 and array.shape[-1] in (3, 4)):
+        return f"is {dims}D but the model is {spatial_dims}D"
+    return None
+
+
+def inference_cases(
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    output_postfixes: Sequence[str] = ("seg",),
+    output_ext: str = ".nii.gz",
+    split: str = "test",
+    resume: bool = True,
+    key: str = "image",
+    spatial_dims: int | None = None,
+) -> list[dict]:
+    """The cases still to run, after dropping bad inputs and finished outputs.
+
+    Args:
+        source: image file, folder or datalist JSON.
+        output_dir: where outputs go; ``skipped_cases.json`` is written there.
+        output_postfixes: a case is done when ``<stem>_<postfix><ext>`` exists for all of them.
+        resume: skip finished cases.
+        spatial_dims: skip images of another dimensionality than the model's.
+
+    Raises:
+        LdmonaiError: no input at all, or every case is unreadable.
+    """
+    cases = find_images(source, split, key)
+    output_dir = Path(output_dir)
+    todo, skipped, done = [], [], 0
+    for case in cases:
+        stem = image_stem(case[key])
+        if resume and all((output_dir / f"{stem}_{p}{output_ext}").exists() for p in output_postfixes):
+            done += 1
+            continue
+        problem = _problem(case[key], spatial_dims)
+        if problem:
+            skipped.append({"path": case[key], "reason": f"image {problem}", "fix": "fix or remove this file"})
+        else:
+            todo.append(case)
+    atomic_write_json(output_dir / "skipped_cases.json", {"skipped": skipped, "already_done": done, "to_run": len(todo)})
+    if not todo and skipped and not done:
+        raise LdmonaiError(f"none of the {len(cases)} images can be read", source, f"see {output_dir / 'skipped_cases.json'}")
+    return todo

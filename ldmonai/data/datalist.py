@@ -1,0 +1,73 @@
+"""Decathlon-style datalists, checked before any training starts.
+
+MONAI's ``load_decathlon_datalist`` fails with a bare ``KeyError`` or a missing-file error
+deep inside a data loader worker; here every problem names the datalist, the entry and
+the fix, and is raised before the first epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from ldmonai.errors import LdmonaiError
+
+
+def load_datalist(
+    datalist: str | os.PathLike,
+    split: str = "training",
+    keys: Sequence[str] = ("image", "label"),
+    base_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """Read one split of a datalist JSON and resolve its paths.
+
+    Args:
+        datalist: path to ``{"training": [{"image": ..., "label": ...}], "validation": [...], ...}``.
+        split: which list to return.
+        keys: keys every entry must have; their values are file paths.
+        base_dir: what relative paths are relative to (default: the datalist's folder).
+
+    Returns:
+        the entries, with absolute paths, in file order (never re-sorted).
+
+    Raises:
+        LdmonaiError: unreadable JSON, missing or empty split, an entry without a key,
+            or a path that does not exist.
+    """
+    datalist = Path(datalist)
+    if not datalist.is_file():
+        raise LdmonaiError("datalist not found", datalist, "pass the path of a datalist JSON file")
+    try:
+        data = json.loads(datalist.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LdmonaiError(f"not valid JSON ({err})", datalist, "check the file is a JSON datalist") from None
+    if not isinstance(data, dict) or split not in data:
+        present = sorted(k for k, v in data.items() if isinstance(v, list)) if isinstance(data, dict) else []
+        raise LdmonaiError(
+            f"no {split!r} list (lists present: {present})",
+            datalist,
+            f'add "{split}": [{{"image": ..., "label": ...}}] or choose another split',
+        )
+    entries = data[split]
+    if not isinstance(entries, list) or not entries:
+        raise LdmonaiError(f"the {split!r} list is empty", datalist, "add at least one case")
+    base = Path(base_dir) if base_dir is not None else datalist.parent
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"{split}[{i}]"
+        if not isinstance(entry, dict):
+            raise LdmonaiError(f"{where} is not an object", datalist, 'write each case as {"image": ..., "label": ...}')
+        missing = [k for k in keys if k not in entry]
+        if missing:
+            raise LdmonaiError(f"{where} has no key {missing[0]!r} (keys: {sorted(entry)})", datalist, f"add {missing[0]!r} to every case")
+        item = dict(entry)
+        for k in keys:
+            path = Path(str(entry[k]))
+            path = path if path.is_absolute() else base / path
+            if not path.exists():
+                raise LdmonaiError(f"{where}[{k!r}] points to a missing file {path}", datalist, "fix the path or remove the case")
+            item[k] = str(path)
+        out.append(item)
+    return out

@@ -1,0 +1,71 @@
+"""The one reverse-diffusion loop, and the few helpers around MONAI's schedulers.
+
+A scheduler owns the maths of one step; a model owns the network. This module only wires
+them: it never knows what is being denoised (a label latent, an image latent, a mask).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from tqdm.auto import tqdm
+
+_KINDS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+
+
+def build_scheduler(kind: str = "ddim", num_train_timesteps: int = 1000, schedule: str = "cosine", **kwargs) -> Scheduler:
+    """A MONAI DDIM or DDPM scheduler by name, so configs can switch samplers with one string."""
+    try:
+        cls = _KINDS[kind.lower()]
+    except KeyError:
+        raise ValueError(f"unknown sampler {kind!r}; choose one of {sorted(_KINDS)}") from None
+    return cls(num_train_timesteps=num_train_timesteps, schedule=schedule, **kwargs)
+
+
+def predict_original(scheduler: Scheduler, sample: torch.Tensor, noise_pred: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """x0 from an epsilon prediction at per-item timesteps (the DDIM paper's eq. 12).
+
+    MONAI's ``step`` takes one scalar timestep; training draws one per batch item, so the
+    same formula is applied here with broadcasting.
+
+    Args:
+        sample: ``(B, C, *S)`` noisy sample x_t.
+        noise_pred: ``(B, C, *S)`` predicted noise.
+        timesteps: ``(B,)`` integer timesteps.
+    """
+    abar = scheduler.alphas_cumprod.to(sample.device)[timesteps].float()
+    abar = abar.reshape(-1, *([1] * (sample.ndim - 1)))
+    return (sample - (1 - abar).sqrt() * noise_pred) / abar.sqrt()
+
+
+def denoise(
+    scheduler: Scheduler,
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sample: torch.Tensor,
+    num_inference_steps: int,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run the reverse process from pure noise to x0.
+
+    Args:
+        scheduler: a MONAI scheduler with ``set_timesteps`` and ``step``.
+        model_fn: ``model_fn(x_t, t)`` with ``x_t`` of shape ``(B, C, *S)`` and ``t`` of shape
+            ``(B,)``; returns the network output the scheduler expects.
+        sample: ``(B, C, *S)`` the starting noise x_T.
+        num_inference_steps: number of reverse steps (10 to 15 for DDIM, up to T for DDPM).
+        generator: random source for stochastic steps (DDPM, DDIM with eta > 0).
+        progress: show a progress bar.
+
+    Returns:
+        ``(B, C, *S)`` the final sample.
+    """
+    scheduler.set_timesteps(num_inference_steps, device=sample.device)
+    steps = scheduler.timesteps
+    for t in tqdm(steps, desc="sampling", leave=False, disable=not progress):
+        t_batch = torch.full((sample.shape[0],), int(t), device=sample.device, dtype=torch.long)
+        output = model_fn(sample, t_batch)
+        sample, _ = scheduler.step(output, int(t), sample, generator=generator)
+    return sample

@@ -1,0 +1,150 @@
+"""Checkpoints that are written atomically and resume a killed run.
+
+MONAI's ``CheckpointSaver`` writes in place (its disk saver is created with
+``atomic=False``), so a run killed mid-save can leave a truncated file as the newest
+checkpoint. These handlers write to a temporary beside the target and rename, and loading
+uses ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from torch.nn.parallel import DistributedDataParallel
+
+from ldmonai.io.atomic import atomic_path, remove_stale_temps
+
+_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+logger = logging.getLogger(__name__)
+
+
+def _is_main_process() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def _state(obj):
+    if isinstance(obj, DistributedDataParallel):
+        obj = obj.module
+    return obj.state_dict()
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def require_checkpoint(path: str | os.PathLike) -> str:
+    """``path`` if it exists, else a clear error saying how to produce the weights."""
+    from ldmonai.errors import LdmonaiError
+
+    if not Path(path).is_file():
+        raise LdmonaiError(
+            "no trained weights here",
+            path,
+            "run the bundle's train config first, or pass --ckpt_path to a weights file",
+        )
+    return str(path)
+
+
+def latest_checkpoint(save_dir: str | os.PathLike) -> Path | None:
+    """The ``checkpoint_epoch=N.pt`` with the largest N in ``save_dir``, or None."""
+    found = []
+    for path in Path(save_dir).glob("checkpoint_epoch=*.pt"):
+        m = _PATTERN.search(path.name)
+        if m:
+            found.append((int(m.group(1)), path))
+    return max(found)[1] if found else None
+
+
+class ResumableCheckpoint:
+    """Save the training state every ``save_interval`` epochs; resume from the newest on start.
+
+    Args:
+        save_dir: folder of ``checkpoint_epoch=N.pt`` files.
+        save_dict: objects with ``state_dict``/``load_state_dict``: network, optimizer,
+            schedulers. The engine it is attached to is added as ``trainer`` (epoch and
+            iteration counters), which also spares bundle configs a circular reference.
+        save_interval: epochs between saves.
+        n_saved: how many recent checkpoints to keep.
+        resume: load the newest checkpoint when the trainer starts.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping,
+        save_interval: int = 1,
+        n_saved: int = 2,
+        resume: bool = True,
+    ) -> None:
+        self.save_dir = Path(save_dir)
+        self.save_dict = dict(save_dict)
+        self.save_interval = save_interval
+        self.n_saved = n_saved
+        self.resume = resume
+        self.resumed_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self.save_dict.setdefault("trainer", engine)
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def load(self, engine: Engine) -> None:
+        remove_stale_temps(self.save_dir)
+        path = latest_checkpoint(self.save_dir)
+        if path is None:
+            return
+        max_epochs = engine.state.max_epochs
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        to_load = {k: (v.module if isinstance(v, DistributedDataParallel) else v) for k, v in self.save_dict.items()}
+        Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint)
+        # A longer run may be asked for when resuming; never shorten to the saved value.
+        engine.state.max_epochs = max(max_epochs or 0, engine.state.epoch)
+        self.resumed_from = path
+        logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
+
+    def save(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
+        epoch = engine.state.epoch
+        target = self.save_dir / f"checkpoint_epoch={epoch}.pt"
+        if target.exists():
+            return
+        atomic_torch_save({k: _state(v) for k, v in self.save_dict.items()}, target)
+        old = sorted(
+            (int(_PATTERN.search(p.name).group(1)), p) for p in self.save_dir.glob("checkpoint_epoch=*.pt") if _PATTERN.search(p.name)
+        )
+        for _, path in old[: max(0, len(old) - self.n_saved)]:
+            path.unlink(missing_ok=True)
+
+
+class BestModelSaver:
+    """Write the network's weights to ``filename`` whenever the evaluator's key metric improves.
+
+    Attach to a MONAI evaluator that has a ``key_val_metric``; it reads ``best_metric_epoch``.
+    The first validation always writes, so a run leaves a model file even if it never improves.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, network: torch.nn.Module, filename: str = "model.pt") -> None:
+        self.path = Path(save_dir) / filename
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not _is_main_process():
+            return
+        best_epoch = getattr(engine.state, "best_metric_epoch", -1)
+        if best_epoch == engine.state.epoch or not self.path.exists():
+            atomic_torch_save(_state(self.network), self.path)

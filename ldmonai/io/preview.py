@@ -1,0 +1,125 @@
+"""PNG previews of slices, label maps and uncertainty maps.
+
+A PNG beside every NIfTI output lets a user check a run in a file browser before opening
+a viewer. Volumes show their middle slice along the last axis (axial for RAS data).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ldmonai.io.atomic import atomic_path
+
+# Distinct colours for label ids 1..N (0 stays transparent in overlays).
+_PALETTE = np.array(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
+     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255]],
+    dtype=np.uint8,
+)
+
+
+def middle_slice(array) -> np.ndarray:
+    """A 2D ``(H, W)`` view of ``(*S)`` or ``(1, *S)`` data: the middle slice of the last axis for 3D."""
+    a = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    a = np.squeeze(a)
+    if a.ndim == 3:
+        a = a[..., a.shape[-1] // 2]
+    if a.ndim != 2:
+        raise ValueError(f"cannot preview an array of shape {np.shape(array)}")
+    # Rows of the preview run along the second voxel axis, as viewers show axial slices.
+    return np.rot90(a)
+
+
+def grey(slice2d: np.ndarray, percentiles: Sequence[float] = (1, 99)) -> np.ndarray:
+    """``(H, W, 3)`` uint8 with a robust intensity window."""
+    finite = slice2d[np.isfinite(slice2d)]
+    lo, hi = np.percentile(finite, percentiles) if finite.size else (0.0, 1.0)
+    scaled = np.clip((slice2d - lo) / max(hi - lo, 1e-8), 0, 1)
+    return np.repeat((np.nan_to_num(scaled) * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def heat(slice2d: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 heat map (black, red, yellow, white) for uncertainty."""
+    vmax = float(np.nanmax(slice2d)) if vmax is None else vmax
+    x = np.clip(np.nan_to_num(slice2d) / max(vmax, 1e-8), 0, 1)
+    rgb = np.stack([np.clip(3 * x, 0, 1), np.clip(3 * x - 1, 0, 1), np.clip(3 * x - 2, 0, 1)], axis=-1)
+    return (rgb * 255).astype(np.uint8)
+
+
+def overlay(base_rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend label colours over an ``(H, W, 3)`` image; label 0 is left clear."""
+    out = base_rgb.astype(np.float32)
+    ids = np.rint(labels).astype(np.int64)
+    mask = ids > 0
+    colours = _PALETTE[(ids[mask] - 1) % len(_PALETTE)].astype(np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * colours
+    return out.astype(np.uint8)
+
+
+def panel(tiles: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Tiles of equal height side by side, separated by a thin black gap."""
+    h = max(t.shape[0] for t in tiles)
+    padded = [np.pad(t, ((0, h - t.shape[0]), (0, gap), (0, 0))) for t in tiles]
+    return np.concatenate(padded, axis=1)[:, :-gap] if gap else np.concatenate(padded, axis=1)
+
+
+def save_png(path: str | os.PathLike, rgb: np.ndarray, min_size: int = 256) -> None:
+    """Write ``(H, W, 3)`` uint8 atomically, upscaled (nearest) so small grids stay visible."""
+    img = Image.fromarray(rgb)
+    scale = max(1, int(np.ceil(min_size / max(1, rgb.shape[0]))))
+    if scale > 1:
+        img = img.resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def segmentation_panel(image, seg=None, label=None, maps: Sequence = ()) -> np.ndarray:
+    """image | image + segmentation | image + reference label | one heat map per uncertainty map."""
+    base = grey(middle_slice(image))
+    tiles = [base]
+    if seg is not None:
+        tiles.append(overlay(base, middle_slice(seg)))
+    if label is not None:
+        tiles.append(overlay(base, middle_slice(label)))
+    tiles += [heat(middle_slice(m)) for m in maps]
+    return panel(tiles)
+
+
+class SavePreviewd:
+    """Dictionary transform: write ``<stem>_preview.png`` of image, segmentation and maps.
+
+    Args:
+        output_dir: where the PNGs go.
+        image_key, seg_key, label_key: keys in the data dict (seg and label optional).
+        map_keys: uncertainty maps to show as heat maps, when present.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        image_key: str = "image",
+        seg_key: str = "seg",
+        label_key: str | None = None,
+        map_keys: Sequence[str] = ("entropy", "variance"),
+    ) -> None:
+        self.output_dir = os.fspath(output_dir)
+        self.image_key = image_key
+        self.seg_key = seg_key
+        self.label_key = label_key
+        self.map_keys = tuple(map_keys)
+
+    def __call__(self, data: dict) -> dict:
+        image = data[self.image_key]
+        meta = getattr(image, "meta", {}) or {}
+        source = os.path.basename(str(meta.get("filename_or_obj", "case")))
+        stem = source[: -len(".nii.gz")] if source.endswith(".nii.gz") else os.path.splitext(source)[0]
+        label = data.get(self.label_key) if self.label_key else None
+        maps = [data[k] for k in self.map_keys if k in data]
+        rgb = segmentation_panel(image[0], seg=data.get(self.seg_key), label=label, maps=maps)
+        save_png(os.path.join(self.output_dir, f"{stem}_preview.png"), rgb)
+        return data

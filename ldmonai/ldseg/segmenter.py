@@ -1,0 +1,51 @@
+"""What LDSeg and its two baselines have in common, so one trainer, one inferer and one
+evaluation serve all three and the comparison is fair.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ldmonai.ldseg.uncertainty import stack_maps, uncertainty_maps
+
+
+class Segmenter(nn.Module):
+    """Base class of the segmenters.
+
+    Subclasses implement:
+        ``training_outputs(image, label) -> dict``: the tensors the loss needs
+        (``logits`` and/or ``noise`` with ``noise_pred``);
+        ``sample(image, num_samples) -> (N, B, C, *S)`` class probabilities.
+
+    ``forward(image)`` returns the ``(B, C, *S)`` mean probability over ``num_samples``
+    samples, so that MONAI inferers, ``verify_net_in_out`` and MONAI Label can call any
+    segmenter like a plain network.
+    """
+
+    num_classes: int
+    num_samples: int = 1
+
+    def training_outputs(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def sample(self, image: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor | None = None):
+        """``(B, C, *S)`` mean probability; with a label, the training outputs instead.
+
+        Training goes through ``forward`` because DistributedDataParallel only
+        synchronises gradients of computations that pass through the wrapper's forward.
+        """
+        if label is not None:
+            return self.training_outputs(image, label)
+        return self.sample(image, self.num_samples).mean(0)
+
+    @torch.no_grad()
+    def predict_with_uncertainty(
+        self, image: torch.Tensor, num_samples: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``(B, C + 2, *S)``: mean probability, entropy and variance (see :func:`stack_maps`)."""
+        probs = self.sample(image, num_samples or self.num_samples, generator=generator)
+        return stack_maps(uncertainty_maps(probs))

@@ -1,0 +1,5 @@
+"""Small network pieces that more than one model family builds on."""
+
+from ldmonai.networks.conv_pyramid import ConvDown, ConvUp
+
+__all__ = ["ConvDown", "ConvUp"]

@@ -1,0 +1,96 @@
+"""Strided convolution pyramids that change resolution by a power of two.
+
+LDSeg's label encoder, label decoder and image encoder are the same idea in three roles:
+a stack of stride-2 stages between a full-resolution map and a latent grid. One definition
+keeps the three in step when the downsampling factor changes between presets.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from monai.networks.blocks import Convolution, ResidualUnit
+from torch import nn
+
+
+def _norm(channels: int) -> tuple:
+    # GroupNorm rather than batch or instance norm: batches are small in 3D, and at 1/16
+    # of the input the latent maps can be 2x2, where instance norm erases the signal.
+    groups = 8 if channels % 8 == 0 else 1
+    return ("group", {"num_groups": groups})
+
+
+class ConvDown(nn.Module):
+    """Map ``(B, in_channels, *S)`` to ``(B, out_channels, *S / 2**len(channels))``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: channels of the latent grid.
+        channels: width of each stride-2 stage; its length sets the downsampling factor
+            (4 stages: 1/16).
+        num_res_units: residual units after each downsampling.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        num_res_units: int = 1,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for ch in channels:
+            layers.append(
+                Convolution(spatial_dims, prev, ch, strides=2, kernel_size=3, act="SWISH", norm=_norm(ch))
+            )
+            for _ in range(num_res_units):
+                layers.append(ResidualUnit(spatial_dims, ch, ch, act="SWISH", norm=_norm(ch)))
+            prev = ch
+        layers.append(Convolution(spatial_dims, prev, out_channels, kernel_size=1, conv_only=True))
+        self.layers = nn.Sequential(*layers)
+        self.factor = 2 ** len(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ConvUp(nn.Module):
+    """Map ``(B, in_channels, *s)`` to ``(B, out_channels, *s * 2**len(channels))``.
+
+    ``channels`` lists the stages from coarse to fine, so ``ConvUp(..., channels[::-1])``
+    mirrors a :class:`ConvDown`.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int] = (256, 128, 64, 32),
+        num_res_units: int = 1,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            Convolution(spatial_dims, in_channels, channels[0], kernel_size=3, act="SWISH", norm=_norm(channels[0]))
+        ]
+        prev = channels[0]
+        for ch in channels:
+            layers.append(
+                Convolution(
+                    spatial_dims, prev, ch, strides=2, kernel_size=3, act="SWISH", norm=_norm(ch), is_transposed=True
+                )
+            )
+            for _ in range(num_res_units):
+                layers.append(ResidualUnit(spatial_dims, ch, ch, act="SWISH", norm=_norm(ch)))
+            prev = ch
+        layers.append(Convolution(spatial_dims, prev, out_channels, kernel_size=1, conv_only=True))
+        self.layers = nn.Sequential(*layers)
+        self.factor = 2 ** len(channels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layers(z)
