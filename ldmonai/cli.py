@@ -61,6 +61,40 @@ def _run_convert(args) -> int:
     return 0 if report.ok else 1
 
 
+def _run_tissue(args) -> int:
+    from ldmonai.data import make_tissue_dataset
+
+    path = make_tissue_dataset(args.out_dir, spatial_dims=args.dims, num_train=args.train, num_val=args.val,
+                               num_test=args.test, size=args.size, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {args.train + args.val + args.test} cases; datalist: {path}")
+    return 0
+
+
+def _add_data(top) -> None:
+    data = top.add_parser("data", help="sample datasets that install from the package registry",
+                          description="Make sample datasets.")
+    data_sub = data.add_subparsers(dest="dataset", metavar="DATASET", parser_class=_Parser)
+    data_sub.required = True
+    p = data_sub.add_parser(
+        "tissue", help="MNI152 brain tissue segmentation cases (background, CSF, GM, WM)",
+        description="Write augmented copies of the MNI152 2009 template (nilearn wheel) with tissue labels, "
+                    "and a Decathlon-style datalist.json with a fixed train/validation/test split.",
+        epilog="examples:\n  ldmonai data tissue data/tissue2d --dims 2 --size 64\n"
+               "  ldmonai data tissue data/tissue3d --dims 3 --size 32 --train 16 --val 4\n"
+               "then: python -m monai.bundle run --config_file bundles/ldseg/configs/train.json "
+               "--bundle_root bundles/ldseg --dataset_dir data/tissue2d",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2: axial slices, 3: volumes (default: 2)")
+    p.add_argument("--size", type=_positive_int, default=64, help="grid size per axis (default: 64)")
+    p.add_argument("--train", type=_positive_int, default=24, help="training cases (default: 24)")
+    p.add_argument("--val", type=_positive_int, default=6, help="validation cases (default: 6)")
+    p.add_argument("--test", type=int, default=2, help="test cases (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_tissue)
+
+
 def _run_demo(args) -> int:
     from ldmonai.demo import run_demo
 
@@ -83,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep_sub = prep.add_subparsers(dest="step", metavar="STEP", parser_class=_Parser)
     prep_sub.required = True
     _add_convert(prep_sub)
+
+    _add_data(top)
 
     demo = top.add_parser("demo", help="run the main job on the embedded sample data",
                           description="Convert the sample DICOM data that ships with the installed packages "

@@ -1,0 +1,185 @@
+"""LDSeg parts on their own: shapes, sampling, uncertainty, loss, inferer, checks."""
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from ldmonai.errors import LdmonaiError
+from ldmonai.ldseg import (
+    CheckSegmentationPaird,
+    DeterministicSegmenter,
+    LDSeg,
+    PixelDiffusionSegmenter,
+    SegmentationLoss,
+    SegmenterInferer,
+    SplitUncertaintyd,
+    uncertainty_maps,
+)
+
+TINY = dict(
+    latent_channels=4, embed_channels=8, encoder_channels=(8, 16), denoiser_channels=(16, 32),
+    denoiser_attention=(False, False), denoiser_res_blocks=1, norm_num_groups=8, num_head_channels=8,
+)
+
+
+def tiny_ldseg(dims=2, classes=3, **kw):
+    torch.manual_seed(0)
+    return LDSeg(dims, 1, classes, **{**TINY, **kw})
+
+
+@pytest.mark.parametrize("dims,size", [(2, (32, 48)), (3, (16, 16, 24))])
+def test_shapes_and_probabilities(dims, size):
+    net = tiny_ldseg(dims)
+    image = torch.rand(2, 1, *size)
+    label = torch.randint(0, 3, (2, 1, *size))
+    out = net.training_outputs(image, label)
+    assert out["logits"].shape == (2, 3, *size)
+    latent = tuple(s // 4 for s in size)
+    assert out["noise"].shape == out["noise_pred"].shape == (2, 4, *latent)
+    probs = net.sample(image, num_samples=3)
+    assert probs.shape == (3, 2, 3, *size)
+    torch.testing.assert_close(probs.sum(2), torch.ones(3, 2, *size))
+    assert net(image).shape == (2, 3, *size)
+
+
+def test_one_noise_draw_per_item():
+    net = tiny_ldseg()
+    image = torch.rand(1, 1, 32, 32).repeat(4, 1, 1, 1)
+    label = torch.randint(0, 3, (1, 1, 32, 32)).repeat(4, 1, 1, 1)
+    noise = net.training_outputs(image, label)["noise"]
+    assert not torch.allclose(noise[0], noise[1])
+
+
+def test_samples_batched_in_one_pass_and_reproducible():
+    net = tiny_ldseg().eval()
+    calls = []
+    net.denoiser.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    image = torch.rand(2, 1, 32, 32)
+    a = net.sample(image, num_samples=5, generator=torch.Generator().manual_seed(1))
+    # 10 DDIM steps, each one forward over all 5 x 2 latents.
+    assert calls == [10] * 10
+    b = net.sample(image, num_samples=5, generator=torch.Generator().manual_seed(1))
+    c = net.sample(image, num_samples=5, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_ddpm_sampler_switch():
+    net = tiny_ldseg(sampler="ddpm", num_inference_steps=20).eval()
+    calls = []
+    net.denoiser.register_forward_hook(lambda m, i, o: calls.append(1))
+    net.sample(torch.rand(1, 1, 32, 32))
+    assert len(calls) == 20
+
+
+def test_indivisible_size_is_refused_with_the_fix():
+    net = tiny_ldseg()
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net.sample(torch.rand(1, 1, 30, 32))
+
+
+def test_uncertainty_maps():
+    # Two samples that agree on voxel 0 and disagree on voxel 1.
+    p = torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]]], [[[1.0, 0.0]], [[0.0, 1.0]]]])  # (N=2, C=2, 1, 2)
+    probs = p[:, None]  # (N, B=1, C, 1, 2)
+    maps = uncertainty_maps(probs)
+    torch.testing.assert_close(maps["prob"][0, :, 0], torch.tensor([[1.0, 0.5], [0.0, 0.5]]))
+    assert maps["seg"][0, 0, 0, 0] == 0
+    torch.testing.assert_close(maps["entropy"][0, 0, 0], torch.tensor([0.0, math.log(2)]))
+    torch.testing.assert_close(maps["variance"][0, 0, 0], torch.tensor([0.0, 0.25]))
+
+
+def test_loss_terms():
+    loss = SegmentationLoss(noise_weight=0.5)
+    label = torch.randint(0, 3, (2, 1, 8, 8))
+    perfect = torch.nn.functional.one_hot(label[:, 0], 3).permute(0, 3, 1, 2).float() * 50
+    noise = torch.randn(2, 4, 2, 2)
+    terms = loss({"logits": perfect, "noise": noise, "noise_pred": noise + 1.0}, label)
+    assert terms["ce"] < 1e-3 and terms["dice"] < 1e-3
+    assert terms["noise"] == pytest.approx(1.0)
+    assert terms["loss"] == pytest.approx(float(terms["ce"] + 2 * terms["dice"] + 0.5), rel=1e-4)
+    wrong = loss({"logits": -perfect}, label)
+    assert wrong["dice"] > 0.9 and "noise" not in wrong
+    with pytest.raises(ValueError):
+        loss({}, label)
+
+
+def test_baselines_share_the_interface():
+    image = torch.rand(1, 1, 16, 16)
+    label = torch.randint(0, 3, (1, 1, 16, 16))
+    unet = DeterministicSegmenter(torch.nn.Conv2d(1, 3, 3, padding=1), 3)
+    assert set(unet(image, label)) == {"logits"}
+    assert unet.sample(image, 4).shape == (4, 1, 3, 16, 16)
+    pix = PixelDiffusionSegmenter(2, 1, 3, channels=(8, 16), attention_levels=(False, False), num_res_blocks=1,
+                                  norm_num_groups=8, num_head_channels=8, sampler="ddim", num_inference_steps=3)
+    assert set(pix(image, label)) == {"noise", "noise_pred"}
+    probs = pix.sample(image, 2)
+    assert probs.shape == (2, 1, 3, 16, 16)
+    torch.testing.assert_close(probs.sum(2), torch.ones(2, 1, 16, 16))
+
+
+def test_sliding_window_inferer_and_split_keep_the_grid():
+    net = tiny_ldseg().eval()
+    affine = torch.diag(torch.tensor([0.8, 0.9, 1.0, 1.0]))
+    image = MetaTensor(torch.rand(1, 1, 40, 56), affine=affine, meta={"filename_or_obj": "x.nii.gz"})
+    out = SegmenterInferer(roi_size=(32, 32), num_samples=3, uncertainty=True)(image, net)
+    assert out.shape == (1, 5, 40, 56)
+    d = SplitUncertaintyd("pred", num_classes=3)({"image": image[0], "pred": out[0]})
+    assert d["seg"].shape == (1, 40, 56) and d["seg"].dtype == torch.uint8
+    assert int(d["seg"].max()) < 3
+    for key in ("seg", "entropy", "variance"):
+        torch.testing.assert_close(d[key].affine, affine.double() if d[key].affine.dtype == torch.float64 else affine)
+    assert float(d["entropy"].max()) <= math.log(3) + 1e-5
+    plain = SegmenterInferer(roi_size=(32, 32), num_samples=2)(image, net)
+    assert plain.shape == (1, 3, 40, 56)
+
+
+def _pair(image, label, name="case_7.nii.gz"):
+    return {
+        "image": MetaTensor(image, meta={"filename_or_obj": f"/data/images/{name}"}),
+        "label": MetaTensor(label, meta={"filename_or_obj": f"/data/labels/{name}"}),
+    }
+
+
+def test_bad_pairs_are_named():
+    check = CheckSegmentationPaird(num_classes=3)
+    ok = _pair(torch.rand(1, 8, 8), torch.randint(0, 3, (1, 8, 8)).float())
+    assert check(ok) is not None
+    with pytest.raises(LdmonaiError, match=r"labels/case_7.*differs from image shape.*resample"):
+        check(_pair(torch.rand(1, 8, 8), torch.zeros(1, 8, 6)))
+    with pytest.raises(LdmonaiError, match=r"labels/case_7.*\[0, 2\], found range \[5, 5\]"):
+        check(_pair(torch.rand(1, 8, 8), torch.full((1, 8, 8), 5.0)))
+    with pytest.raises(LdmonaiError, match="integers"):
+        check(_pair(torch.rand(1, 8, 8), torch.full((1, 8, 8), 0.5)))
+    nan = torch.rand(1, 8, 8)
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(LdmonaiError, match=r"images/case_7.*NaN"):
+        check(_pair(nan, torch.zeros(1, 8, 8)))
+    with pytest.raises(LdmonaiError, match="has no 'label'"):
+        check({"image": ok["image"]})
+
+
+@pytest.mark.slow
+def test_paper_3d_network_builds_trains_and_samples_on_cpu():
+    """The published 3D sizes at a reduced input (64^3): one training step and one sampling pass."""
+    torch.manual_seed(0)
+    net = LDSeg(3, 1, 4, latent_channels=4, embed_channels=32, encoder_channels=(32, 64, 128, 256), num_res_units=2,
+                denoiser_channels=(128, 256, 512), denoiser_attention=(False, True, True), denoiser_res_blocks=2,
+                norm_num_groups=32, num_head_channels=32, num_inference_steps=10)
+    assert net.factor == 16
+    n_params = sum(p.numel() for p in net.parameters())
+    assert n_params > 50e6, n_params
+    image = torch.rand(1, 1, 64, 64, 64)
+    label = torch.randint(0, 4, (1, 1, 64, 64, 64))
+    opt = torch.optim.AdamW(net.parameters(), 1e-4)
+    terms = SegmentationLoss()(net(image, label), label)
+    terms["loss"].backward()
+    opt.step()
+    assert all(torch.isfinite(v) for v in terms.values())
+    net.eval()
+    probs = net.sample(image, num_samples=2)
+    assert probs.shape == (2, 1, 4, 64, 64, 64)
