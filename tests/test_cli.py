@@ -45,5 +45,9 @@ def test_demo_converts_the_embedded_samples(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     niftis = list((tmp_path / "demo" / "nifti").rglob("*.nii.gz"))
     assert len(niftis) >= 25 and "NIfTI + BIDS JSON" in res.stdout
+    # The LDSeg part trains the tiny bundle and segments the two test cases.
+    inference = tmp_path / "demo" / "ldseg" / "inference"
+    assert len(list(inference.glob("*_seg.nii.gz"))) == 2 and len(list(inference.glob("*_preview.png"))) == 2
+    assert (tmp_path / "demo" / "ldseg" / "models" / "model.pt").exists()
     again = run("demo", "--out-dir", str(tmp_path / "demo"))  # resumes: nothing to redo
     assert again.returncode == 0 and "0 series converted" in again.stdout
