@@ -16,8 +16,7 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.utils import one_hot
 from torch import nn
 
-from ldmonai.diffusion import build_scheduler, denoise
-from ldmonai.ldseg.segmenter import Segmenter
+from ldmonai.ldseg.segmenter import DiffusionSegmenter, Segmenter
 
 
 class DeterministicSegmenter(Segmenter):
@@ -37,7 +36,7 @@ class DeterministicSegmenter(Segmenter):
         return probs.unsqueeze(0).expand(num_samples, *probs.shape)
 
 
-class PixelDiffusionSegmenter(Segmenter):
+class PixelDiffusionSegmenter(DiffusionSegmenter):
     """Denoise the one-hot mask (scaled to [-1, 1]) at full resolution.
 
     Args:
@@ -69,7 +68,7 @@ class PixelDiffusionSegmenter(Segmenter):
         super().__init__()
         self.num_classes = num_classes
         self.num_samples = num_samples
-        self.unet = DiffusionModelUNet(
+        self.denoiser = DiffusionModelUNet(
             spatial_dims=spatial_dims,
             in_channels=num_classes + in_channels,
             out_channels=num_classes,
@@ -79,31 +78,20 @@ class PixelDiffusionSegmenter(Segmenter):
             norm_num_groups=norm_num_groups,
             num_head_channels=num_head_channels,
         )
-        self.num_train_timesteps = num_train_timesteps
-        self.schedule = schedule
-        self.set_sampler(sampler, num_inference_steps)
-
-    def set_sampler(self, sampler: str, num_inference_steps: int) -> None:
-        self.scheduler = build_scheduler(sampler, self.num_train_timesteps, self.schedule)
-        self.num_inference_steps = num_inference_steps
-
-    def _denoise_fn(self, image: torch.Tensor):
-        return lambda x, t: self.unet(torch.cat([x, image], dim=1), timesteps=t)
+        self.set_schedule(num_train_timesteps, schedule, sampler, num_inference_steps)
 
     def training_outputs(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         x0 = one_hot(label.long(), self.num_classes) * 2.0 - 1.0
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        noise_pred = self._denoise_fn(image)(self.scheduler.add_noise(x0, noise, t), t)
+        noise_pred = self.conditioned(image)(self.scheduler.add_noise(x0, noise, t), t)
         return {"noise": noise, "noise_pred": noise_pred}
 
     @torch.no_grad()
     def sample(self, image: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         b = image.shape[0]
         cond = image.repeat(num_samples, *([1] * (image.ndim - 1)))
-        shape = (num_samples * b, self.num_classes, *image.shape[2:])
-        x = torch.randn(shape, generator=generator, device=image.device if generator is None else generator.device)
-        x = denoise(self.scheduler, self._denoise_fn(cond), x.to(image.device), self.num_inference_steps, generator)
+        x = self.reverse(cond, self.num_classes, generator)
         # The denoised mask is a soft one-hot in [-1, 1]; renormalise it to probabilities.
         scores = ((x + 1.0) / 2.0).clamp(0.0, 1.0) + 1e-6
         probs = scores / scores.sum(1, keepdim=True)

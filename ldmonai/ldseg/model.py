@@ -14,10 +14,10 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.utils import one_hot
 
-from ldmonai.diffusion import build_scheduler, denoise, predict_original
+from ldmonai.diffusion import predict_original
 from ldmonai.ldseg.image_encoder import ImageEncoder
 from ldmonai.ldseg.label_autoencoder import LabelAutoencoder
-from ldmonai.ldseg.segmenter import Segmenter
+from ldmonai.ldseg.segmenter import DiffusionSegmenter
 
 
 def check_divisible(image: torch.Tensor, factor: int, what: str) -> None:
@@ -30,7 +30,7 @@ def check_divisible(image: torch.Tensor, factor: int, what: str) -> None:
         )
 
 
-class LDSeg(Segmenter):
+class LDSeg(DiffusionSegmenter):
     """Label autoencoder + image encoder + latent denoiser, trained end to end.
 
     Training (``training_outputs``): the one-hot label is encoded to ``z0``; a random
@@ -102,17 +102,7 @@ class LDSeg(Segmenter):
             num_head_channels=num_head_channels,
         )
         self.factor = self.label_autoencoder.factor
-        self.num_train_timesteps = num_train_timesteps
-        self.schedule = schedule
-        self.set_sampler(sampler, num_inference_steps)
-
-    def set_sampler(self, sampler: str, num_inference_steps: int) -> None:
-        """Switch between DDIM and DDPM sampling; training is unaffected (same alphas)."""
-        self.scheduler = build_scheduler(sampler, self.num_train_timesteps, self.schedule)
-        self.num_inference_steps = num_inference_steps
-
-    def _denoise_fn(self, embedding: torch.Tensor):
-        return lambda z, t: self.denoiser(torch.cat([z, embedding], dim=1), timesteps=t)
+        self.set_schedule(num_train_timesteps, schedule, sampler, num_inference_steps)
 
     def training_outputs(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         """One end-to-end training pass.
@@ -132,7 +122,7 @@ class LDSeg(Segmenter):
         noise = torch.randn_like(z0)
         t = torch.randint(0, self.num_train_timesteps, (z0.shape[0],), device=z0.device)
         z_t = self.scheduler.add_noise(z0, noise, t)
-        noise_pred = self._denoise_fn(embedding)(z_t, t)
+        noise_pred = self.conditioned(embedding)(z_t, t)
         # Clamped like DDIM's x0 clipping: at large t the x0 estimate divides by ~0.
         z0_hat = predict_original(self.scheduler, z_t, noise_pred, t).clamp(-1.0, 1.0)
         return {"logits": self.label_autoencoder.decode(z0_hat), "noise": noise, "noise_pred": noise_pred}
@@ -149,8 +139,6 @@ class LDSeg(Segmenter):
         check_divisible(image, self.factor, "LDSeg")
         b = image.shape[0]
         embedding = self.image_encoder(image).repeat(num_samples, *([1] * (image.ndim - 1)))
-        shape = (num_samples * b, self.latent_channels, *embedding.shape[2:])
-        z = torch.randn(shape, generator=generator, device=image.device if generator is None else generator.device)
-        z = denoise(self.scheduler, self._denoise_fn(embedding), z.to(image.device), self.num_inference_steps, generator)
+        z = self.reverse(embedding, self.latent_channels, generator)
         probs = torch.softmax(self.label_autoencoder.decode(z), dim=1)
         return probs.reshape(num_samples, b, *probs.shape[1:])

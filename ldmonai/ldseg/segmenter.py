@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ldmonai.diffusion import build_scheduler, denoise
 from ldmonai.ldseg.uncertainty import stack_maps, uncertainty_maps
 
 
@@ -49,3 +50,34 @@ class Segmenter(nn.Module):
         """``(B, C + 2, *S)``: mean probability, entropy and variance (see :func:`stack_maps`)."""
         probs = self.sample(image, num_samples or self.num_samples, generator=generator)
         return stack_maps(uncertainty_maps(probs))
+
+
+class DiffusionSegmenter(Segmenter):
+    """A segmenter that samples by reverse diffusion with a ``denoiser`` conditioned by concatenation.
+
+    Subclasses set ``self.denoiser`` (a MONAI ``DiffusionModelUNet`` taking ``[x_t, condition]``)
+    and call :meth:`set_schedule` once.
+    """
+
+    denoiser: nn.Module
+
+    def set_schedule(self, num_train_timesteps: int, schedule: str, sampler: str, num_inference_steps: int) -> None:
+        self.num_train_timesteps = num_train_timesteps
+        self.schedule = schedule
+        self.set_sampler(sampler, num_inference_steps)
+
+    def set_sampler(self, sampler: str, num_inference_steps: int) -> None:
+        """Switch between DDIM and DDPM sampling; training is unaffected (same alphas)."""
+        self.scheduler = build_scheduler(sampler, self.num_train_timesteps, self.schedule)
+        self.num_inference_steps = num_inference_steps
+
+    def conditioned(self, condition: torch.Tensor):
+        """``fn(x_t, t)``: the denoiser's output for ``[x_t, condition]``."""
+        return lambda x, t: self.denoiser(torch.cat([x, condition], dim=1), timesteps=t)
+
+    def reverse(self, condition: torch.Tensor, channels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Denoise fresh noise ``(len(condition), channels, *condition.shape[2:])`` to x0."""
+        shape = (condition.shape[0], channels, *condition.shape[2:])
+        device = condition.device if generator is None else generator.device
+        x = torch.randn(shape, generator=generator, device=device).to(condition.device)
+        return denoise(self.scheduler, self.conditioned(condition), x, self.num_inference_steps, generator)

@@ -21,7 +21,30 @@ def _norm(channels: int) -> tuple:
     return ("group", {"num_groups": groups})
 
 
-class ConvDown(nn.Module):
+def _stages(spatial_dims: int, first: int, channels: Sequence[int], num_res_units: int, transposed: bool) -> list[nn.Module]:
+    """Stride-2 (or transposed stride-2) convolutions, each followed by residual units."""
+    layers: list[nn.Module] = []
+    prev = first
+    for ch in channels:
+        layers.append(
+            Convolution(spatial_dims, prev, ch, strides=2, kernel_size=3, act="SWISH", norm=_norm(ch), is_transposed=transposed)
+        )
+        layers += [ResidualUnit(spatial_dims, ch, ch, act="SWISH", norm=_norm(ch)) for _ in range(num_res_units)]
+        prev = ch
+    return layers
+
+
+class _Pyramid(nn.Module):
+    def __init__(self, layers: list[nn.Module], factor: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*layers)
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ConvDown(_Pyramid):
     """Map ``(B, in_channels, *S)`` to ``(B, out_channels, *S / 2**len(channels))``.
 
     Args:
@@ -41,25 +64,12 @@ class ConvDown(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256),
         num_res_units: int = 1,
     ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        prev = in_channels
-        for ch in channels:
-            layers.append(
-                Convolution(spatial_dims, prev, ch, strides=2, kernel_size=3, act="SWISH", norm=_norm(ch))
-            )
-            for _ in range(num_res_units):
-                layers.append(ResidualUnit(spatial_dims, ch, ch, act="SWISH", norm=_norm(ch)))
-            prev = ch
-        layers.append(Convolution(spatial_dims, prev, out_channels, kernel_size=1, conv_only=True))
-        self.layers = nn.Sequential(*layers)
-        self.factor = 2 ** len(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        layers = _stages(spatial_dims, in_channels, channels, num_res_units, transposed=False)
+        layers.append(Convolution(spatial_dims, channels[-1], out_channels, kernel_size=1, conv_only=True))
+        super().__init__(layers, 2 ** len(channels))
 
 
-class ConvUp(nn.Module):
+class ConvUp(_Pyramid):
     """Map ``(B, in_channels, *s)`` to ``(B, out_channels, *s * 2**len(channels))``.
 
     ``channels`` lists the stages from coarse to fine, so ``ConvUp(..., channels[::-1])``
@@ -74,23 +84,7 @@ class ConvUp(nn.Module):
         channels: Sequence[int] = (256, 128, 64, 32),
         num_res_units: int = 1,
     ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [
-            Convolution(spatial_dims, in_channels, channels[0], kernel_size=3, act="SWISH", norm=_norm(channels[0]))
-        ]
-        prev = channels[0]
-        for ch in channels:
-            layers.append(
-                Convolution(
-                    spatial_dims, prev, ch, strides=2, kernel_size=3, act="SWISH", norm=_norm(ch), is_transposed=True
-                )
-            )
-            for _ in range(num_res_units):
-                layers.append(ResidualUnit(spatial_dims, ch, ch, act="SWISH", norm=_norm(ch)))
-            prev = ch
-        layers.append(Convolution(spatial_dims, prev, out_channels, kernel_size=1, conv_only=True))
-        self.layers = nn.Sequential(*layers)
-        self.factor = 2 ** len(channels)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers(z)
+        head = Convolution(spatial_dims, in_channels, channels[0], kernel_size=3, act="SWISH", norm=_norm(channels[0]))
+        layers = [head, *_stages(spatial_dims, channels[0], channels, num_res_units, transposed=True)]
+        layers.append(Convolution(spatial_dims, channels[-1], out_channels, kernel_size=1, conv_only=True))
+        super().__init__(layers, 2 ** len(channels))
