@@ -135,11 +135,15 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1, help="samples per image (same for every method)")
     p.add_argument("--ddpm-measure", type=int, default=1000, help="DDPM steps actually run (scaled to 1000)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.method:
         return worker(args)
 

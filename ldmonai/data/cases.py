@@ -16,17 +16,7 @@ import numpy as np
 from ldmonai.data.datalist import load_datalist
 from ldmonai.errors import LdmonaiError
 from ldmonai.io.atomic import atomic_write_json
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
-
-
-def image_stem(path: str | os.PathLike) -> str:
-    """File name without its image suffix (``.nii.gz`` counts as one)."""
-    name = Path(path).name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+from ldmonai.io.names import IMAGE_SUFFIXES, image_stem
 
 
 def find_images(source: str | os.PathLike, split: str = "test", key: str = "image") -> list[dict]:

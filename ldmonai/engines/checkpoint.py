@@ -17,9 +17,9 @@ from typing import Mapping
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
-from torch.nn.parallel import DistributedDataParallel
 
 from ldmonai.io.atomic import atomic_path, remove_stale_temps
+from ldmonai.networks import unwrap
 
 _PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 logger = logging.getLogger(__name__)
@@ -27,12 +27,6 @@ logger = logging.getLogger(__name__)
 
 def _is_main_process() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-
-
-def _state(obj):
-    if isinstance(obj, DistributedDataParallel):
-        obj = obj.module
-    return obj.state_dict()
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
@@ -54,14 +48,20 @@ def require_checkpoint(path: str | os.PathLike) -> str:
     return str(path)
 
 
-def latest_checkpoint(save_dir: str | os.PathLike) -> Path | None:
-    """The ``checkpoint_epoch=N.pt`` with the largest N in ``save_dir``, or None."""
+def _epoch_checkpoints(save_dir: str | os.PathLike) -> list[Path]:
+    """The ``checkpoint_epoch=N.pt`` files in ``save_dir``, oldest epoch first."""
     found = []
     for path in Path(save_dir).glob("checkpoint_epoch=*.pt"):
         m = _PATTERN.search(path.name)
         if m:
             found.append((int(m.group(1)), path))
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(save_dir: str | os.PathLike) -> Path | None:
+    """The ``checkpoint_epoch=N.pt`` with the largest N in ``save_dir``, or None."""
+    found = _epoch_checkpoints(save_dir)
+    return found[-1] if found else None
 
 
 class ResumableCheckpoint:
@@ -90,7 +90,6 @@ class ResumableCheckpoint:
         self.save_interval = save_interval
         self.n_saved = n_saved
         self.resume = resume
-        self.resumed_from: Path | None = None
 
     def attach(self, engine: Engine) -> None:
         self.save_dict.setdefault("trainer", engine)
@@ -106,11 +105,9 @@ class ResumableCheckpoint:
             return
         max_epochs = engine.state.max_epochs
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        to_load = {k: (v.module if isinstance(v, DistributedDataParallel) else v) for k, v in self.save_dict.items()}
-        Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint)
+        Checkpoint.load_objects(to_load={k: unwrap(v) for k, v in self.save_dict.items()}, checkpoint=checkpoint)
         # A longer run may be asked for when resuming; never shorten to the saved value.
         engine.state.max_epochs = max(max_epochs or 0, engine.state.epoch)
-        self.resumed_from = path
         logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
 
     def save(self, engine: Engine) -> None:
@@ -120,11 +117,9 @@ class ResumableCheckpoint:
         target = self.save_dir / f"checkpoint_epoch={epoch}.pt"
         if target.exists():
             return
-        atomic_torch_save({k: _state(v) for k, v in self.save_dict.items()}, target)
-        old = sorted(
-            (int(_PATTERN.search(p.name).group(1)), p) for p in self.save_dir.glob("checkpoint_epoch=*.pt") if _PATTERN.search(p.name)
-        )
-        for _, path in old[: max(0, len(old) - self.n_saved)]:
+        atomic_torch_save({k: unwrap(v).state_dict() for k, v in self.save_dict.items()}, target)
+        old = _epoch_checkpoints(self.save_dir)
+        for path in old[: max(0, len(old) - self.n_saved)]:
             path.unlink(missing_ok=True)
 
 
@@ -147,4 +142,4 @@ class BestModelSaver:
             return
         best_epoch = getattr(engine.state, "best_metric_epoch", -1)
         if best_epoch == engine.state.epoch or not self.path.exists():
-            atomic_torch_save(_state(self.network), self.path)
+            atomic_torch_save(unwrap(self.network).state_dict(), self.path)

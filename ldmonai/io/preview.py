@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ldmonai.io.atomic import atomic_path
+from ldmonai.io.names import image_stem
 
 # Distinct colours for label ids 1..N (0 stays transparent in overlays).
 _PALETTE = np.array(
@@ -116,8 +117,7 @@ class SavePreviewd:
     def __call__(self, data: dict) -> dict:
         image = data[self.image_key]
         meta = getattr(image, "meta", {}) or {}
-        source = os.path.basename(str(meta.get("filename_or_obj", "case")))
-        stem = source[: -len(".nii.gz")] if source.endswith(".nii.gz") else os.path.splitext(source)[0]
+        stem = image_stem(str(meta.get("filename_or_obj", "case")))
         label = data.get(self.label_key) if self.label_key else None
         maps = [data[k] for k in self.map_keys if k in data]
         rgb = segmentation_panel(image[0], seg=data.get(self.seg_key), label=label, maps=maps)

@@ -82,9 +82,8 @@ class PixelDiffusionSegmenter(DiffusionSegmenter):
 
     def training_outputs(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         x0 = one_hot(label.long(), self.num_classes) * 2.0 - 1.0
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        noise_pred = self.conditioned(image)(self.scheduler.add_noise(x0, noise, t), t)
+        noise, t, x_t = self.noised(x0)
+        noise_pred = self.conditioned(image)(x_t, t)
         return {"noise": noise, "noise_pred": noise_pred}
 
     @torch.no_grad()

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
-from torch.nn.parallel import DistributedDataParallel
+
+from ldmonai.networks import unwrap
 
 
 class SegmenterInferer(Inferer):
@@ -45,7 +46,7 @@ class SegmenterInferer(Inferer):
         )
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
-        model = network.module if isinstance(network, DistributedDataParallel) else network
+        model = unwrap(network)
         if self.uncertainty:
             def fn(x):
                 return model.predict_with_uncertainty(x, self.num_samples)

@@ -83,7 +83,6 @@ class LDSeg(DiffusionSegmenter):
         num_samples: int = 1,
     ) -> None:
         super().__init__()
-        self.spatial_dims = spatial_dims
         self.num_classes = num_classes
         self.num_samples = num_samples
         self.latent_channels = latent_channels
@@ -118,10 +117,7 @@ class LDSeg(DiffusionSegmenter):
         check_divisible(image, self.factor, "LDSeg")
         z0 = self.label_autoencoder.encode(one_hot(label.long(), self.num_classes))
         embedding = self.image_encoder(image)
-        # One noise draw and one timestep per item, never shared across the batch.
-        noise = torch.randn_like(z0)
-        t = torch.randint(0, self.num_train_timesteps, (z0.shape[0],), device=z0.device)
-        z_t = self.scheduler.add_noise(z0, noise, t)
+        noise, t, z_t = self.noised(z0)
         noise_pred = self.conditioned(embedding)(z_t, t)
         # Clamped like DDIM's x0 clipping: at large t the x0 estimate divides by ~0.
         z0_hat = predict_original(self.scheduler, z_t, noise_pred, t).clamp(-1.0, 1.0)

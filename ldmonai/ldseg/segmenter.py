@@ -71,6 +71,13 @@ class DiffusionSegmenter(Segmenter):
         self.scheduler = build_scheduler(sampler, self.num_train_timesteps, self.schedule)
         self.num_inference_steps = num_inference_steps
 
+    def noised(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(noise, t, x_t)`` for a training step: one noise draw and one timestep per item,
+        never shared across the batch. ``t`` has shape ``(B,)``, the others ``x0``'s shape."""
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        return noise, t, self.scheduler.add_noise(x0, noise, t)
+
     def conditioned(self, condition: torch.Tensor):
         """``fn(x_t, t)``: the denoiser's output for ``[x_t, condition]``."""
         return lambda x, t: self.denoiser(torch.cat([x, condition], dim=1), timesteps=t)

@@ -1,5 +1,6 @@
 """Small network pieces that more than one model family builds on."""
 
 from ldmonai.networks.conv_pyramid import ConvDown, ConvUp
+from ldmonai.networks.utils import unwrap
 
-__all__ = ["ConvDown", "ConvUp"]
+__all__ = ["ConvDown", "ConvUp", "unwrap"]
