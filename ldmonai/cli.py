@@ -61,6 +61,122 @@ def _run_convert(args) -> int:
     return 0 if report.ok else 1
 
 
+EXAMPLES_PIPELINE = """examples:
+  ldmonai prep run configs/prep/brain_t1.yaml /data/nifti /data/prepped --workers 2
+  ldmonai prep run configs/prep/brain_t1.yaml datalist.json /data/prepped --participants participants.tsv
+  ldmonai prep skullstrip /data/nifti /data/stripped
+  ldmonai prep register /data/nifti /data/mni --template mni152 --kind bspline
+  ldmonai prep register moving.nii.gz /data/out --template fixed.nii.gz --labels atlas_labels.nii.gz
+  ldmonai prep n4 /data/nifti /data/n4
+  ldmonai prep resample /data/nifti /data/iso --spacing 1 1 1
+  ldmonai prep slices /data/prepped_volumes /data/slices --axis axial --participants participants.tsv
+
+IN is an image, a folder (searched recursively) or a datalist JSON. Every case gets OUT/<case>/;
+re-running the same command resumes (finished cases are skipped); one bad case never stops the batch.
+Exit status: 0 all cases done, 1 some failed (see OUT/prep_report.json), 2 bad arguments.
+"""
+
+
+def _run_pipeline_args(args, steps) -> int:
+    from ldmonai.prep.pipeline import run_pipeline
+
+    report = run_pipeline(steps, args.input, args.out_dir, workers=args.workers, resume=not args.overwrite,
+                          participants=getattr(args, "participants", None), progress=False if args.quiet else None)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _add_batch_args(p, participants: bool = False) -> None:
+    p.add_argument("input", metavar="IN", help="image file, folder of images, or datalist JSON")
+    p.add_argument("out_dir", metavar="OUT", help="output folder (one sub-folder per case)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="cases in parallel (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if participants:
+        p.add_argument("--participants", help="BIDS participants.tsv or CSV with age, sex, diagnosis, ...")
+
+
+def _add_pipeline(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("run", help="run a pipeline config (YAML/JSON) over a folder or datalist",
+                       description="Run the steps of a pipeline config over every case.", epilog=EXAMPLES_PIPELINE,
+                       formatter_class=fmt)
+    p.add_argument("config", metavar="CONFIG", help="pipeline YAML/JSON, e.g. configs/prep/brain_t1.yaml")
+    _add_batch_args(p, participants=True)
+    p.set_defaults(func=lambda a: _run_pipeline_args(a, a.config))
+
+    p = sub.add_parser("skullstrip", help="atlas-based skull-stripping of T1 heads",
+                       description="Register the ROBEX head atlas (or --atlas) to each T1, carry its brain mask over "
+                                   "and clean it with ITK morphology. Writes <case>_image (stripped) and <case>_mask.",
+                       epilog=EXAMPLES_PIPELINE, formatter_class=fmt)
+    _add_batch_args(p)
+    p.add_argument("--atlas", default="robex", help="'robex' or a head image with skull (default: robex)")
+    p.add_argument("--atlas-mask", help="brain mask of a custom --atlas")
+    p.add_argument("--refine", choices=("none", "levelset"), default="none",
+                   help="intensity refinement of the boundary (default: none)")
+    p.set_defaults(func=lambda a: _run_pipeline_args(a, [
+        {"step": "skullstrip", "atlas": a.atlas, "atlas_mask": a.atlas_mask, "refine": a.refine}]))
+
+    p = sub.add_parser("register", help="rigid, affine or B-spline registration to a template",
+                       description="Register each image to a template and resample it (and --labels, by nearest "
+                                   "neighbour) onto the template grid; writes the ITK transform (.tfm or .h5).",
+                       epilog=EXAMPLES_PIPELINE, formatter_class=fmt)
+    _add_batch_args(p)
+    p.add_argument("--template", default="mni152", help="'mni152', 'robex' or a NIfTI path (default: mni152)")
+    p.add_argument("--kind", choices=("rigid", "affine", "bspline"), default="affine", help="default: affine")
+    p.add_argument("--metric", choices=("ncc", "mi", "msd"), default="ncc",
+                   help="ncc: same contrast, mi: different contrasts (default: ncc)")
+    p.add_argument("--labels", help="label map on the (single) input image's grid, propagated with it")
+    p.set_defaults(func=_run_register)
+
+    p = sub.add_parser("n4", help="N4 bias field correction", description="N4 bias field correction.",
+                       epilog=EXAMPLES_PIPELINE, formatter_class=fmt)
+    _add_batch_args(p)
+    p.set_defaults(func=lambda a: _run_pipeline_args(a, [{"step": "n4", "save_field": True}]))
+
+    p = sub.add_parser("resample", help="reorient to RAS and resample to a spacing",
+                       description="Reorient to RAS (no interpolation) and resample to --spacing.",
+                       epilog=EXAMPLES_PIPELINE, formatter_class=fmt)
+    _add_batch_args(p)
+    p.add_argument("--spacing", type=float, nargs="+", default=[1.0], help="mm, one value or one per axis (default: 1)")
+    p.set_defaults(func=lambda a: _run_pipeline_args(a, [{"step": "reorient"}, {"step": "resample",
+                                                         "spacing": a.spacing[0] if len(a.spacing) == 1 else a.spacing}]))
+
+    p = sub.add_parser("slices", help="2D slices (PNG + NIfTI) with a participants index",
+                       description="Cut registered, stripped volumes into 2D slices for the LD generator and write "
+                                   "slices_index.csv/json with the participants' metadata.",
+                       epilog=EXAMPLES_PIPELINE, formatter_class=fmt)
+    _add_batch_args(p, participants=True)
+    p.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default="axial", help="default: axial")
+    p.add_argument("--every", type=_positive_int, default=1, help="keep every n-th slice (default: 1)")
+    p.add_argument("--min-foreground", type=float, default=0.05,
+                   help="drop slices with less non-zero area than this fraction (default: 0.05)")
+    p.set_defaults(func=lambda a: _run_pipeline_args(a, [{"step": "slices", "axis": a.axis, "every": a.every,
+                                                          "min_foreground": a.min_foreground}]))
+
+
+def _run_register(args) -> int:
+    steps = [{"step": "register", "template": args.template, "kind": args.kind, "metric": args.metric}]
+    if not args.labels:
+        return _run_pipeline_args(args, steps)
+    from pathlib import Path
+
+    from ldmonai.errors import LdmonaiError
+
+    if not Path(args.input).is_file() or args.input.endswith(".json"):
+        raise LdmonaiError("--labels goes with a single image", args.input,
+                           "for many images, list them with a 'label' key in a datalist JSON")
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        datalist = Path(tmp) / "datalist.json"
+        datalist.write_text(json.dumps({"test": [{"image": str(Path(args.input).resolve()),
+                                                  "label": str(Path(args.labels).resolve())}]}))
+        args.input = str(datalist)
+        return _run_pipeline_args(args, steps)
+
+
 def _run_tissue(args) -> int:
     from ldmonai.data import make_tissue_dataset
 
@@ -105,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ldmonai", description="Generative medical imaging with MONAI bundles: "
                      "Latent Drifting, LDSeg and GDM, plus the preprocessing that feeds them.",
                      epilog="examples:\n  ldmonai prep convert /data/dicom /data/nifti --workers 2\n"
+                            "  ldmonai prep run configs/prep/brain_t1.yaml /data/nifti /data/prepped\n"
                             "  ldmonai demo --out-dir demo_out",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ldmonai {__version__}")
@@ -112,11 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     top.required = True
 
     prep = top.add_parser("prep", help="preprocessing: DICOM conversion and ITK pipelines",
-                          description="Preprocessing steps.", epilog=EXAMPLES_CONVERT,
+                          description="Preprocessing steps.", epilog=EXAMPLES_CONVERT + "\n" + EXAMPLES_PIPELINE,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     prep_sub = prep.add_subparsers(dest="step", metavar="STEP", parser_class=_Parser)
     prep_sub.required = True
     _add_convert(prep_sub)
+    _add_pipeline(prep_sub)
 
     _add_data(top)
 

@@ -10,7 +10,6 @@ not for claims about clinical accuracy.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Sequence
 
@@ -33,26 +32,9 @@ from tqdm.auto import tqdm
 
 from ldmonai.errors import LdmonaiError
 from ldmonai.io.atomic import atomic_path, atomic_write_json
+from ldmonai.prep.templates import MNI152_FILES, nilearn_template_dir
 
 CLASS_NAMES = ("background", "csf", "grey_matter", "white_matter")
-_FILES = {
-    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-}
-
-
-def nilearn_template_dir() -> Path:
-    """Where the nilearn wheel keeps the MNI152 files, found without importing nilearn."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise LdmonaiError(
-            "nilearn is not installed, and the MNI152 tissue samples come from its wheel",
-            fix='pip install "ldmonai[samples]" (or pip install nilearn)',
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
-
-
 def template_grid(size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """The template resampled to ``size`` over the brain's bounding box.
 
@@ -61,7 +43,7 @@ def template_grid(size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, np.n
         the new grid (world coordinates of the MNI template).
     """
     root = nilearn_template_dir()
-    imgs = {k: nib.load(root / name) for k, name in _FILES.items()}
+    imgs = {k: nib.load(root / name) for k, name in MNI152_FILES.items()}
     # The wheel stores 0..255 maps; nilearn's loaders rescale them to [0, 1], and so do we.
     vols = {k: np.asarray(img.dataobj, dtype=np.float32) for k, img in imgs.items()}
     vols = {k: v / v.max() for k, v in vols.items()}

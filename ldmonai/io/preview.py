@@ -70,7 +70,7 @@ def panel(tiles: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
 
 
 def save_png(path: str | os.PathLike, rgb: np.ndarray, min_size: int = 256) -> None:
-    """Write ``(H, W, 3)`` uint8 atomically, upscaled (nearest) so small grids stay visible."""
+    """Write ``(H, W, 3)`` RGB or ``(H, W)`` grey uint8 atomically, upscaled (nearest) so small grids stay visible."""
     img = Image.fromarray(rgb)
     scale = max(1, int(np.ceil(min_size / max(1, rgb.shape[0]))))
     if scale > 1:

