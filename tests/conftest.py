@@ -22,3 +22,9 @@ def shared_path(*parts) -> Path:
 @pytest.fixture(scope="session")
 def dcm_qa_nih() -> Path:
     return shared_path("dcm_qa_nih")
+
+
+@pytest.fixture(scope="session")
+def ants_sample() -> Path:
+    """MNI152 1 mm brain, its 116-label atlas on the same grid, and Colin27 (read-only)."""
+    return shared_path("ants_sample")

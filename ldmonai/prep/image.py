@@ -122,6 +122,6 @@ def from_itk(image, reference: sitk.Image) -> sitk.Image:
     """An ``itk.Image`` on ``reference``'s grid, back as a SimpleITK image."""
     import itk
 
-    out = sitk.GetImageFromArray(itk.array_view_from_image(image).copy())
+    out = sitk.GetImageFromArray(np.asarray(itk.array_from_image(image)))
     out.CopyInformation(reference)
     return out

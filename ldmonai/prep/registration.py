@@ -110,6 +110,7 @@ class Registration:
     kind: str
     seconds: float = 0.0
     stages: list = field(default_factory=list)
+    elastix_output: sitk.Image | None = None  # elastix's own resampled moving image, for checking the export
 
     def resample(self, moving: sitk.Image, interpolator: str = "linear", default_value: float = 0.0) -> sitk.Image:
         """``moving`` on the fixed grid. Use ``nearest`` for label maps: labels keep their values."""
@@ -158,7 +159,8 @@ def _stage_transform(tp, i: int) -> sitk.Transform:
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings | None = None,
-             fixed_mask: sitk.Image | None = None, case: str | os.PathLike = "registration") -> Registration:
+             fixed_mask: sitk.Image | None = None, case: str | os.PathLike = "registration",
+             keep_elastix_output: bool = False) -> Registration:
     """Register ``moving`` to ``fixed``.
 
     Args:
@@ -167,6 +169,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettin
         settings: what to run (default: affine then B-spline, NCC).
         fixed_mask: optional binary mask on ``fixed``'s grid limiting where the metric is computed.
         case: name used in error messages.
+        keep_elastix_output: also keep elastix's own resampled moving image (to check the export).
 
     Returns:
         A :class:`Registration` whose ``transform`` maps fixed points to moving points.
@@ -186,6 +189,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettin
 
     po = itk.ParameterObject.New()
     for m in settings.parameter_maps(po):
+        if keep_elastix_output:
+            m["WriteResultImage"] = ["true"]
         po.AddParameterMap(m)
     method = itk.ElastixRegistrationMethod.New(to_itk(fixed), to_itk(moving))
     method.SetParameterObject(po)
@@ -207,7 +212,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettin
     # elastix composes later stages on top of earlier ones; ITK's CompositeTransform applies the
     # last-added transform first, so the stage list goes in reversed.
     transform = sitk.CompositeTransform(list(reversed(stages))) if len(stages) > 1 else stages[0]
-    return Registration(fixed=fixed, transform=transform, kind=settings.kind, seconds=seconds, stages=stages)
+    return Registration(fixed=fixed, transform=transform, kind=settings.kind, seconds=seconds, stages=stages,
+                        elastix_output=from_itk(method.GetOutput(), fixed) if keep_elastix_output else None)
 
 
 def label_dice(a: sitk.Image, b: sitk.Image, labels=None) -> dict[int, float]:

@@ -42,12 +42,14 @@ def random_bspline(image: sitk.Image, rng: np.random.Generator, mesh: int = 6, s
     return transform
 
 
-def random_velocity_warp(image: sitk.Image, rng: np.random.Generator, max_velocity_mm: float = 6.0,
+def random_velocity_warp(image: sitk.Image, rng: np.random.Generator, rms_velocity_mm: float = 3.0,
                          smoothing_mm: float = 20.0, grid_mm: float = 4.0, steps: int = 7) -> sitk.DisplacementFieldTransform:
     """Diffeomorphic warp: exp of a smooth random stationary velocity field (scaling and squaring).
 
     The velocity is Gaussian noise smoothed by ``smoothing_mm`` on a ``grid_mm`` grid over the
-    image, scaled so its largest vector is ``max_velocity_mm``; MONAI's ``DVF2DDF`` integrates it.
+    image, scaled so that its root-mean-square length is ``rms_velocity_mm`` (the maximum would
+    be set by the few large vectors that recursive smoothing leaves at the borders); MONAI's
+    ``DVF2DDF`` integrates it.
     """
     import torch
     from monai.networks.blocks import DVF2DDF
@@ -68,8 +70,8 @@ def random_velocity_warp(image: sitk.Image, rng: np.random.Generator, max_veloci
         noise = sitk.GetImageFromArray(rng.normal(size=tuple(int(s) for s in size[::-1])))
         velocity.append(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(noise, sigma_vox)).transpose())
     field = np.stack(velocity)  # (dims, x, y, z) in grid voxels along the grid axes
-    magnitude = np.sqrt((field ** 2).sum(0)).max()
-    field *= (max_velocity_mm / grid_mm) / max(magnitude, 1e-12)
+    rms = np.sqrt((field ** 2).sum(0).mean())
+    field *= (rms_velocity_mm / grid_mm) / max(rms, 1e-12)
     with torch.no_grad():
         ddf = DVF2DDF(num_steps=steps, mode="bilinear", padding_mode="border")(torch.from_numpy(field[None]).float())
     ddf_vox = ddf[0].numpy().astype(np.float64)
