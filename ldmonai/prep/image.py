@@ -51,10 +51,29 @@ def read_image(path: str | os.PathLike, pixel_type: int = sitk.sitkFloat32, labe
         if np.issubdtype(array.dtype, np.floating):
             if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
                 raise LdmonaiError("label map holds non-integer values", path, "pass an integer label map")
-        return sitk.Cast(image, sitk.sitkInt32)
-    image = sitk.Cast(image, pixel_type)
+        return _cast(image, sitk.sitkInt32)
+    image = _cast(image, pixel_type)
     require_finite(image, path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        # ITK's NIfTI reader turns NaN voxels into 0 without a word; a volume with NaN is broken
+        # data, and silently zero-filling it would hide that, so check the file itself.
+        import nibabel as nib
+
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            raise LdmonaiError(f"image holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels", path,
+                               "fix the source volume (or re-convert it); preprocessing will not guess values")
     return image
+
+
+def _cast(image: sitk.Image, pixel_type: int) -> sitk.Image:
+    if image.GetDimension() <= 3:
+        return sitk.Cast(image, pixel_type)
+    # SimpleITK's Cast is not built for 4D images of every type (fMRI, DWI series); numpy is.
+    dtype = sitk.GetArrayViewFromImage(sitk.Image([1] * 3, pixel_type)).dtype
+    out = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(image).astype(dtype), isVector=False)
+    out.CopyInformation(image)
+    return out
 
 
 def require_finite(image: sitk.Image, case: str | os.PathLike) -> None:

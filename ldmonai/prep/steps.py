@@ -63,6 +63,36 @@ class Step:
     def check(self, case: Case) -> None:
         if self.needs_3d:
             require_dims(case.image, 3, self.name, case.source)
+        elif case.image.GetDimension() > 3:
+            raise LdmonaiError(f"'{self.name}' works on 2D or 3D images but this one is {case.image.GetDimension()}D "
+                               f"(size {list(case.image.GetSize())})", case.source,
+                               "add '- step: volume' before it to pick one volume (or the mean) of the series")
+
+
+class SelectVolume(Step):
+    """One 3D volume of a 4D series (fMRI, DWI): ``index`` (default 0) or ``reduce: mean``."""
+
+    name = "volume"
+
+    def __init__(self, index: int = 0, reduce: str | None = None):
+        if reduce not in (None, "mean"):
+            raise LdmonaiError(f"unknown volume reduction {reduce!r}", fix="use reduce: mean, or an index")
+        self.index, self.reduce = int(index), reduce
+
+    def __call__(self, case: Case) -> Case:
+        if case.image.GetDimension() != 4:
+            return case
+        n = case.image.GetSize()[3]
+        if self.reduce == "mean":
+            volumes = [case.image[:, :, :, t] for t in range(n)]
+            case.image = sitk.NaryAdd(volumes) / float(n)
+        else:
+            if not -n <= self.index < n:
+                raise LdmonaiError(f"volume index {self.index} is outside the series' {n} volumes", case.source,
+                                   f"use an index from 0 to {n - 1}")
+            case.image = case.image[:, :, :, self.index % n]
+        case.meta["volumes_in_series"] = n
+        return case
 
 
 class BiasCorrection(Step):
@@ -74,6 +104,7 @@ class BiasCorrection(Step):
         self.shrink, self.iterations, self.save_field = shrink, tuple(iterations), save_field
 
     def __call__(self, case: Case) -> Case:
+        self.check(case)
         case.image, bias = n4_bias_correct(case.image, case.mask, self.shrink, self.iterations, case.source)
         if self.save_field:
             case.files["bias_field"] = str(write_image(bias, case.out_dir / f"{case.id}_biasfield.nii.gz"))
@@ -89,6 +120,7 @@ class Reorient(Step):
         self.orientation = orientation
 
     def __call__(self, case: Case) -> Case:
+        self.check(case)
         case.regrid(lambda img, _interp: reorient(img, self.orientation))
         return case
 
@@ -102,6 +134,7 @@ class Resample(Step):
         self.spacing, self.interpolator = spacing, interpolator
 
     def __call__(self, case: Case) -> Case:
+        self.check(case)
         case.regrid(lambda img, interp: resample_to_spacing(
             img, self.spacing, self.interpolator if interp == "linear" else interp, case.source))
         return case
@@ -168,6 +201,7 @@ class Normalize(Step):
         self.method, self.low, self.high, self.rescale = method, low, high, rescale
 
     def __call__(self, case: Case) -> Case:
+        self.check(case)
         if self.method == "zscore":
             case.image = zscore(case.image, case.mask, case.source)
         else:
@@ -183,9 +217,10 @@ class Window(Step):
     def __init__(self, window: str | None = "soft_tissue", center: float | None = None, width: float | None = None,
                  rescale: bool = True):
         self.kwargs = {"window": window, "center": center, "width": width, "rescale": rescale}
-        ct_window(sitk.Image([1], sitk.sitkFloat32), **self.kwargs)  # reject a bad window now, not per case
+        ct_window(sitk.Image([1, 1], sitk.sitkFloat32), **self.kwargs)  # reject a bad window now, not per case
 
     def __call__(self, case: Case) -> Case:
+        self.check(case)
         case.image = ct_window(case.image, **self.kwargs)
         return case
 
@@ -209,7 +244,7 @@ class Slices(Step):
         return case
 
 
-STEPS: dict[str, type[Step]] = {cls.name: cls for cls in (BiasCorrection, Reorient, Resample, SkullStrip, Register,
+STEPS: dict[str, type[Step]] = {cls.name: cls for cls in (SelectVolume, BiasCorrection, Reorient, Resample, SkullStrip, Register,
                                                            Normalize, Window, Slices)}
 
 
