@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/convert.py
 	$(BIN)/python benchmarks/ldseg.py --dims 3 --size 64 --ddpm-measure 3 --repeats 1
+	$(BIN)/python benchmarks/prep.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
