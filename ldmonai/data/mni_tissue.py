@@ -30,7 +30,6 @@ from monai.transforms import (
 )
 from tqdm.auto import tqdm
 
-from ldmonai.errors import LdmonaiError
 from ldmonai.io.atomic import atomic_path, atomic_write_json
 from ldmonai.prep.templates import MNI152_FILES, nilearn_template_dir
 
