@@ -198,7 +198,7 @@ def test_pipeline_config_errors(tmp_path):
         run_pipeline([{"step": "reorient"}], tmp_path, tmp_path / "out")
 
 
-def test_monai_transforms_keep_physical_space(small_mni, tmp_path):
+def test_monai_transforms_keep_physical_space(small_mni, tmp_path, monkeypatch):
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, SaveImaged
 
     from ldmonai.prep.transforms import PrepStepd, ResampleToSpacingd, metatensor_to_sitk
@@ -220,6 +220,14 @@ def test_monai_transforms_keep_physical_space(small_mni, tmp_path):
     saved = sitk.ReadImage(str(next(tmp_path.glob("*_prep.nii.gz"))))
     assert np.allclose(saved.GetOrigin(), expected.GetOrigin(), atol=1e-3)
     assert np.allclose(saved.GetSpacing(), expected.GetSpacing(), atol=1e-4)
+    # A step's own files (here the N4 bias field) go to output_dir only; never to the working folder.
+    from ldmonai.prep.transforms import BiasFieldCorrectiond
+
+    monkeypatch.chdir(tmp_path)
+    BiasFieldCorrectiond("image", save_field=True, shrink=4)(dict(loaded))
+    assert not list(tmp_path.glob("*biasfield*"))
+    BiasFieldCorrectiond("image", save_field=True, shrink=4, output_dir=str(tmp_path / "fields"))(dict(loaded))
+    assert [p.name for p in (tmp_path / "fields").iterdir()] == ["sub-01_ses-2_T1w_biasfield.nii.gz"]
     with pytest.raises(Exception) as err:
         ResampleToSpacingd("image", spacing=2.0)({"image": np.zeros((2, 4, 4, 4), np.float32)})
     assert "one-channel" in str(err.value) or "one-channel" in str(err.value.__cause__)

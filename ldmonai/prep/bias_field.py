@@ -50,7 +50,7 @@ def n4_bias_correct(image: sitk.Image, mask: sitk.Image | None = None, shrink: i
     n4.Execute(small, small_mask)
     log_field = n4.GetLogBiasFieldAsImage(work)
     field = sitk.Exp(log_field)
-    corrected = sitk.Cast(work / field - shift, sitk.sitkFloat32) if shift else sitk.Cast(work / field, sitk.sitkFloat32)
+    corrected = sitk.Cast(work / field - shift, sitk.sitkFloat32)
     corrected.CopyInformation(image)
     return corrected, sitk.Cast(field, sitk.sitkFloat32)
 

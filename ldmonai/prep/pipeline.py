@@ -153,10 +153,21 @@ class PrepReport:
 
 
 def _init_worker(threads: int) -> None:
+    # ITK filters and elastix (ldmonai.prep.registration) both take their thread count from here.
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    os.environ["LDMONAI_PREP_THREADS"] = str(threads)
+
+
+_STEPS_BY_DIGEST: dict[str, list] = {}
+
+
+def _steps(config: dict) -> list:
+    """The config's steps, built once per process: they cache their atlas and template images."""
+    digest = config_digest(config)
+    if digest not in _STEPS_BY_DIGEST:
+        _STEPS_BY_DIGEST[digest] = [build_step(spec) for spec in config["steps"]]
+    return _STEPS_BY_DIGEST[digest]
 
 
 def run_case(config: dict, entry: dict, case_id: str, out_root: str, participant: dict | None = None) -> dict:
@@ -166,14 +177,7 @@ def run_case(config: dict, entry: dict, case_id: str, out_root: str, participant
     out_dir = Path(out_root) / case_id
     start = time.perf_counter()
     try:
-        threads = int(os.environ.get("LDMONAI_PREP_THREADS", "0")) or None
-        steps = []
-        for spec in config["steps"]:
-            step = build_step(spec)
-            for holder in (getattr(step, "settings", None), getattr(getattr(step, "stripper", None), "registration", None)):
-                if holder is not None and holder.threads is None:
-                    holder.threads = threads
-            steps.append(step)
+        steps = _steps(config)
         out_dir.mkdir(parents=True, exist_ok=True)
         case = Case(id=case_id, image=read_image(entry["image"]), source=entry["image"], out_dir=out_dir,
                     meta={"participant": participant} if participant else {})
@@ -259,12 +263,9 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
                            "choose an OUT_DIR outside IN so that inputs are never touched")
     out_root.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_root)
-    table = {}
-    if participants:
-        from ldmonai.prep.slices import load_participants
+    from ldmonai.prep.slices import load_participants, subject_of, visit_of
 
-        table = load_participants(participants)
-    from ldmonai.prep.slices import subject_of, visit_of
+    table = load_participants(participants) if participants else {}
 
     report = PrepReport(str(config.get("name", "pipeline")), str(out_root))
     records, jobs = [], []

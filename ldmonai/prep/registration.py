@@ -55,7 +55,8 @@ class RegistrationSettings:
         linear_iterations / bspline_iterations: optimiser iterations per level.
         linear_samples / bspline_samples: random voxel samples per iteration.
         seed: elastix's sampler seed; the same seed and thread count give the same result.
-        threads: worker threads (default: all cores).
+        threads: worker threads (default: SimpleITK's global default, i.e. all cores unless a
+            pipeline worker has been given its share).
     """
 
     kind: str = "bspline"
@@ -128,11 +129,6 @@ class Registration:
             sitk.WriteTransform(self.transform, str(tmp))
         return path
 
-    @property
-    def linear(self) -> sitk.Transform:
-        """The rigid/affine stage alone."""
-        return self.stages[0]
-
 
 def _stage_transform(tp, i: int) -> sitk.Transform:
     """elastix transform parameter map ``i`` as the ITK transform it is equal to."""
@@ -195,7 +191,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettin
     method = itk.ElastixRegistrationMethod.New(to_itk(fixed), to_itk(moving))
     method.SetParameterObject(po)
     method.SetLogToConsole(False)
-    method.SetNumberOfThreads(settings.threads or os.cpu_count() or 1)
+    method.SetNumberOfThreads(settings.threads or sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
     if fixed_mask is not None:
         method.SetFixedMask(to_itk(fixed_mask > 0, sitk.sitkUInt8))
     start = time.perf_counter()

@@ -142,10 +142,10 @@ class SliceExtractor:
                 row["png"] = str(png)
             if "nifti" in self.formats:
                 size = list(volume.GetSize())
-                size[axis] = 0
-                extractor_index = [0, 0, 0]
-                extractor_index[axis] = int(k)
-                one = sitk.Extract(volume, [s if s else 1 for s in size], extractor_index)
+                size[axis] = 1  # one slice thick, still 3D: it keeps its place in the volume
+                corner = [0, 0, 0]
+                corner[axis] = int(k)
+                one = sitk.Extract(volume, size, corner)
                 nifti = out_dir / f"{name}.nii.gz"
                 write_image(one, nifti)
                 row["nifti"] = str(nifti)

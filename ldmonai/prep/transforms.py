@@ -24,6 +24,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from ldmonai.errors import LdmonaiError
+from ldmonai.io.names import image_stem
+from ldmonai.prep.dicom.naming import sanitize_component
 from ldmonai.prep.steps import Case, build_step
 
 # NIfTI/MONAI affines are RAS; ITK's physical space is LPS.
@@ -75,21 +77,24 @@ class PrepStepd(MapTransform):
         mask_key: key of a brain mask; read by steps that use one (N4, z-score) and
             written by ``skullstrip``.
         label_key: key of a label map that moves with the image (registration, resampling).
+        output_dir: where steps that write files of their own put them (the registration
+            transform, the N4 bias field, slices); without it they write nothing.
         allow_missing_keys: skip absent keys instead of raising.
     """
 
     def __init__(self, keys: KeysCollection, step: dict, mask_key: str | None = None, label_key: str | None = None,
-                 allow_missing_keys: bool = False):
+                 output_dir: str | None = None, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.step = build_step(dict(step), "PrepStepd")
         self.mask_key, self.label_key = mask_key, label_key
+        self.output_dir = Path(output_dir) if output_dir else None
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
             name = str(getattr(d[key], "meta", {}).get("filename_or_obj", key))
-            case = Case(id=Path(name).name.split(".")[0] or key, image=metatensor_to_sitk(d[key], name),
-                        source=name, out_dir=Path("."))
+            case = Case(id=sanitize_component(image_stem(name)), image=metatensor_to_sitk(d[key], name),
+                        source=name, out_dir=self.output_dir)
             if self.mask_key and self.mask_key in d:
                 case.mask = sitk.Cast(metatensor_to_sitk(d[self.mask_key], name) > 0, sitk.sitkUInt8)
             if self.label_key and self.label_key in d:
@@ -105,8 +110,9 @@ class PrepStepd(MapTransform):
 
 def _named(class_name: str, step_name: str, doc: str):
     def __init__(self, keys: KeysCollection, mask_key: str | None = None, label_key: str | None = None,
-                 allow_missing_keys: bool = False, **options):
-        PrepStepd.__init__(self, keys, {"step": step_name, **options}, mask_key, label_key, allow_missing_keys)
+                 output_dir: str | None = None, allow_missing_keys: bool = False, **options):
+        PrepStepd.__init__(self, keys, {"step": step_name, **options}, mask_key, label_key, output_dir,
+                           allow_missing_keys)
 
     return type(class_name, (PrepStepd,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 
