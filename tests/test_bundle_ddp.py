@@ -1,0 +1,75 @@
+"""``multi_gpu_train.json`` under torchrun: 2 processes on CPU with the gloo backend.
+
+The same config runs NCCL on GPUs; only the backend and device expressions differ.
+After a few steps both ranks must hold identical weights (DDP averaged the gradients
+and started from the same initialisation), and only rank 0 may have written
+checkpoints and TensorBoard events.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldmonai.data import make_tissue_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bundles" / "ldseg" / "configs"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(configs, *args):
+    files = repr([str(c) for c in configs])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "monai.bundle", "run", "--config_file", files, *map(str, args)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
+    make_tissue_dataset(tmp_path / "data", 2, num_train=8, num_val=2, size=32, seed=0)
+    # Test-only addition: each rank writes its final weights, so they can be compared.
+    dump = tmp_path / "dump_weights.json"
+    dump.write_text(json.dumps({"finalize": [
+        "$torch.save(@network.module.state_dict(), @output_dir + f'/rank{dist.get_rank()}.pt')",
+        "$dist.barrier()",
+        "$dist.destroy_process_group()",
+    ]}))
+    runs = tmp_path / "runs"
+    proc = torchrun([CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json", dump],
+                    "--bundle_root", tmp_path, "--dataset_dir", tmp_path / "data", "--output_dir", runs,
+                    "--epochs", 2, "--val_interval", 2, "--batch_size", 2, "--patch_size", 32)
+    rank0 = torch.load(runs / "rank0.pt", weights_only=True)
+    rank1 = torch.load(runs / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
+    # Training moved the weights away from their initialisation.
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    torch.manual_seed(0)
+    fresh = parser.get_parsed_content("network_def").state_dict()
+    assert any(not torch.equal(fresh[k], rank0[k]) for k in rank0 if rank0[k].is_floating_point())
+    # 8 training cases, 2 ranks, batch 2: 2 iterations per rank per epoch, 4 in all.
+    assert "Epoch[2] Complete" in proc.stdout + proc.stderr
+    # Rank 0 alone writes: one set of checkpoints, one best model, one TensorBoard writer.
+    ckpts = sorted(p.name for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt"))
+    assert ckpts == ["checkpoint_epoch=2.pt"], ckpts
+    assert (tmp_path / "models" / "model.pt").is_file()
+    events = list(runs.glob("events.out.tfevents.*"))
+    assert events and len({e.name.split(".")[4] for e in events}) == 1, [e.name for e in events]
