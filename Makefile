@@ -6,13 +6,29 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ldmonai-installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: setup demo test bench clean
+LABEL_VENV  ?= .venv-label
+LABEL_STAMP := $(LABEL_VENV)/.ldmonai-installed
+
+.PHONY: setup demo test bench clean label-env
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was installed, expected 2.13.0')"
 	touch $(STAMP)
+
+# MONAI Label runs in its own environment: monailabel imports torchvision, whose registry
+# wheels all link CUDA. --isolated makes pip ignore the machine's local CPU wheel folder and
+# take the registry's CUDA build of the same torch 2.13.0 (about 4.8 GB; it runs on CPU).
+# The main .venv is never touched and stays on the CPU wheel.
+$(LABEL_STAMP): pyproject.toml constraints-label.txt
+	$(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_VENV)/bin/python -m pip --disable-pip-version-check install -q --isolated -c constraints-label.txt torch torchvision
+	$(LABEL_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints-label.txt -e ".[label]"
+	$(LABEL_VENV)/bin/python -c "import torch, torchvision, monailabel, sys; sys.exit(0 if torch.__version__.split('+')[0] == '2.13.0' else f'torch {torch.__version__} in $(LABEL_VENV)')"
+	touch $(LABEL_STAMP)
+
+label-env: $(LABEL_STAMP)
 
 setup: $(STAMP)
 
@@ -28,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/prep.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) $(LABEL_VENV) demo_out .pytest_cache

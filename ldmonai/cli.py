@@ -211,6 +211,43 @@ def _add_data(top) -> None:
     p.set_defaults(func=_run_tissue)
 
 
+def _setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _run_pack(args) -> int:
+    from ldmonai.bundle import pack_bundle
+
+    dest = pack_bundle(args.source, args.dest, dict(args.set), weights=args.weights, overwrite=args.overwrite)
+    print(f"packed bundle: {dest}")
+    return 0
+
+
+def _add_bundle(top) -> None:
+    bundle = top.add_parser("bundle", help="pack bundles for MONAI Label and the model zoo",
+                            description="Tools for the MONAI bundles under bundles/.")
+    sub = bundle.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    sub.required = True
+    p = sub.add_parser(
+        "pack", help="a self-contained bundle copy with settings baked in and trained weights in models/",
+        description="Copy a bundle, write KEY=VALUE settings into every config that defines them, and install "
+                    "trained weights as models/model.pt, so that tools which read inference.json without "
+                    "overrides (MONAI Label's monaibundle app) run it as it was trained.",
+        epilog="examples:\n  ldmonai bundle pack bundles/ldseg apps/monaibundle/model/ldseg_3d "
+               "--set spatial_dims=3 --weights runs3d/models/model.pt",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="BUNDLE", help="bundle folder, e.g. bundles/ldseg")
+    p.add_argument("dest", metavar="DEST", help="new bundle folder")
+    p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                   help="top-level config setting (JSON values: 3, true, [1,2]); repeatable")
+    p.add_argument("--weights", help="state dict to install as models/model.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    p.set_defaults(func=_run_pack)
+
+
 def _run_demo(args) -> int:
     from ldmonai.demo import run_demo
 
@@ -237,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline(prep_sub)
 
     _add_data(top)
+    _add_bundle(top)
 
     demo = top.add_parser("demo", help="run the main job on the embedded sample data",
                           description="Convert the sample DICOM data that ships with the installed packages "

@@ -2,7 +2,10 @@
 
 The sample DICOM comes from wheels that pip installs anyway: pydicom's DICOMDIR tree (CT, MR
 and CR series with suffix-less file names) and compressed MR, and nibabel's Siemens DTI
-mosaic. They are copied (never modified) into ``demo_out/sample_dicom`` and converted.
+mosaic. They are copied (never modified) into ``demo_out/sample_dicom``, converted, and
+preprocessed (RAS, 1 mm, z-score, axial slices). The LDSeg bundle then trains its tiny
+preset on MNI152 tissue samples and segments held-out cases with uncertainty maps.
+``demo_out/overview.png`` puts the results side by side.
 """
 
 from __future__ import annotations
@@ -76,12 +79,57 @@ def run_ldseg_demo(out: Path) -> int:
     return 0
 
 
+PREP_STEPS = [
+    {"step": "reorient"},
+    {"step": "resample", "spacing": 1.0},
+    {"step": "normalize"},
+    {"step": "slices", "axis": "axial"},
+]
+
+
+def write_overview(out: Path, max_rows: int = 4) -> Path | None:
+    """One PNG: a few preprocessed sample slices on top, then the LDSeg previews
+    (image | segmentation | entropy | variance), each row scaled to the same height."""
+    import numpy as np
+    from PIL import Image
+
+    from ldmonai.io.preview import panel, save_png
+
+    def load(path: Path, height: int = 128) -> np.ndarray:
+        img = Image.open(path).convert("RGB")
+        return np.asarray(img.resize((max(1, round(img.width * height / img.height)), height), Image.BILINEAR))
+
+    # Four middle slices of the largest preprocessed sample volume (the wheels' DICOM samples
+    # hold test patterns, not anatomy; the LDSeg rows show MNI152 brains).
+    cases = [sorted(d.glob("*.png")) for d in (out / "prep").glob("*/slices")]
+    slices = max(cases, key=len, default=[])
+    lo, hi = len(slices) // 4, max(len(slices) // 4, 3 * len(slices) // 4 - 1)
+    picks = [slices[i] for i in np.unique(np.linspace(lo, hi, 4).astype(int))] if slices else []
+    rows = [panel([load(p) for p in picks])] if picks else []
+    rows += [load(p) for p in sorted((out / "ldseg" / "inference").glob("*_preview.png"))[:max_rows]]
+    if not rows:
+        return None
+    width = max(r.shape[1] for r in rows)
+    stacked = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
+    path = out / "overview.png"
+    save_png(path, stacked)
+    return path
+
+
 def run_demo(out_dir: str | Path = "demo_out") -> int:
+    from ldmonai.prep.pipeline import run_pipeline
+
     out = Path(out_dir)
     samples = stage_samples(out / "sample_dicom")
     report = convert_tree(samples, out / "nifti", workers=2)
     print(report.summary())
     print(f"\nSample DICOM: {samples}\nNIfTI + BIDS JSON: {out / 'nifti'}\n"
           f"Report: {out / 'nifti' / 'conversion_report.json'}\n")
+    prep = run_pipeline(PREP_STEPS, out / "nifti", out / "prep", workers=2)
+    print(prep.summary())
+    print(f"Preprocessed volumes and axial slices (PNG + NIfTI): {out / 'prep'}\n")
     status = run_ldseg_demo(out)
-    return 0 if report.ok and status == 0 else 1
+    overview = write_overview(out)
+    if overview:
+        print(f"\nOverview: {overview}")
+    return 0 if report.ok and not prep.failed and status == 0 else 1

@@ -17,6 +17,7 @@ from ldmonai.ldseg import (
     SegmentationLoss,
     SegmenterInferer,
     SplitUncertaintyd,
+    UncertaintySummaryd,
     uncertainty_maps,
 )
 
@@ -136,6 +137,20 @@ def test_sliding_window_inferer_and_split_keep_the_grid():
     assert float(d["entropy"].max()) <= math.log(3) + 1e-5
     plain = SegmenterInferer(roi_size=(32, 32), num_samples=2)(image, net)
     assert plain.shape == (1, 3, 40, 56)
+    # MONAI Label's convention: pred holds the label map; the uncertainty summary goes in result.
+    m = SplitUncertaintyd("pred", num_classes=3, replace_with="seg")({"image": image[0], "pred": out[0]})
+    torch.testing.assert_close(m["pred"], m["seg"])
+    m = UncertaintySummaryd(label_names={0: "background", 1: "a"})(m)
+    unc = m["result"]["uncertainty"]
+    assert set(unc) == {"entropy", "variance"}
+    seg, ent = m["seg"], m["entropy"]
+    present = torch.unique(seg).tolist()
+    assert set(unc["entropy"]) == {"all", *({0: "background", 1: "a"}.get(c, str(c)) for c in present)}
+    assert math.isclose(unc["entropy"]["all"], float(ent.mean()), rel_tol=1e-5)
+    if 0 in present:
+        assert math.isclose(unc["entropy"]["background"], float(ent[seg == 0].mean()), rel_tol=1e-5)
+    with pytest.raises(ValueError, match="replace_with"):
+        SplitUncertaintyd("pred", num_classes=3, replace_with="probability")
 
 
 def _pair(image, label, name="case_7.nii.gz"):

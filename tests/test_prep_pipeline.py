@@ -69,6 +69,18 @@ def test_resample_keeps_field_of_view_and_label_values(small_mni):
         resample_to_spacing(labels, 0.0)
 
 
+def test_resample_single_slice_and_localiser():
+    """Thin inputs (one slice, a 2-voxel localiser) resample without ITK's 4-voxel smoothing limit."""
+    rng = np.random.default_rng(0)
+    for size in [(64, 48, 1), (2, 40, 30)]:
+        image = sitk.GetImageFromArray(rng.random(size[::-1]).astype(np.float32))
+        image.SetSpacing((0.5, 0.5, 5.0))
+        out = resample_to_spacing(image, 1.0)
+        expected = np.maximum(1, np.round(np.array(size) * np.array([0.5, 0.5, 5.0]))).astype(int)
+        assert out.GetSize() == tuple(int(v) for v in expected)
+        assert np.isfinite(sitk.GetArrayViewFromImage(out)).all()
+
+
 def test_n4_removes_a_known_bias_field(small_mni):
     image = read_image(small_mni[0])
     array = sitk.GetArrayFromImage(image)

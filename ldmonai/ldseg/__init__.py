@@ -7,7 +7,7 @@ from ldmonai.ldseg.label_autoencoder import LabelAutoencoder
 from ldmonai.ldseg.loss import SegmentationLoss
 from ldmonai.ldseg.model import LDSeg
 from ldmonai.ldseg.segmenter import Segmenter
-from ldmonai.ldseg.transforms import CheckSegmentationPaird, SplitUncertaintyd
+from ldmonai.ldseg.transforms import CheckSegmentationPaird, SplitUncertaintyd, UncertaintySummaryd
 from ldmonai.ldseg.uncertainty import stack_maps, uncertainty_maps
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Segmenter",
     "SegmenterInferer",
     "SplitUncertaintyd",
+    "UncertaintySummaryd",
     "stack_maps",
     "uncertainty_maps",
 ]

@@ -79,15 +79,23 @@ class SplitUncertaintyd(MapTransform):
     ``SaveImaged`` writes them on the input's grid.
 
     Args:
-        keys: the inferer output key (usually ``pred``); it is replaced by the probability.
+        keys: the inferer output key (usually ``pred``); it is replaced by the part named
+            ``replace_with``.
         num_classes: C.
         meta_key: a key whose MetaTensor metadata the outputs inherit (usually ``image``).
+        replace_with: ``prob`` for metrics that argmax themselves; ``seg`` where ``pred``
+            must be the label map, as MONAI Label returns ``pred`` to the viewer.
     """
 
-    def __init__(self, keys: KeysCollection = "pred", num_classes: int = 2, meta_key: str = "image") -> None:
+    def __init__(
+        self, keys: KeysCollection = "pred", num_classes: int = 2, meta_key: str = "image", replace_with: str = "prob"
+    ) -> None:
         super().__init__(keys)
+        if replace_with not in ("prob", "seg", *MAP_NAMES):
+            raise ValueError(f"replace_with must be prob, seg or one of {MAP_NAMES}, got {replace_with!r}")
         self.num_classes = num_classes
         self.meta_key = meta_key
+        self.replace_with = replace_with
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -103,5 +111,47 @@ class SplitUncertaintyd(MapTransform):
                 parts[name] = out[c + i : c + i + 1]
             for name, value in parts.items():
                 d[name] = MetaTensor(value, meta=dict(meta))
-            d[key] = d["prob"]
+            d[key] = d[self.replace_with]
+        return d
+
+
+class UncertaintySummaryd(MapTransform):
+    """Add per-class uncertainty figures to ``data[result_key]``, a JSON-ready dict.
+
+    MONAI Label returns one label file per request plus ``data["result"]`` as JSON, so the
+    voxel maps cannot travel with the segmentation; their means can. For each class the
+    mean entropy and variance over its predicted voxels, and over all voxels.
+
+    Args:
+        keys: the uncertainty maps, ``(1, *S)`` each.
+        seg_key: the ``(1, *S)`` label map.
+        result_key: where the summary goes.
+        label_names: class index to name; indices are used where missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = MAP_NAMES,
+        seg_key: str = "seg",
+        result_key: str = "result",
+        label_names: Mapping[int | str, str] | None = None,
+    ) -> None:
+        super().__init__(keys)
+        self.seg_key = seg_key
+        self.result_key = result_key
+        self.label_names = {int(k): str(v) for k, v in (label_names or {}).items()}
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        seg = torch.as_tensor(d[self.seg_key])
+        summary: dict[str, dict[str, float]] = {}
+        for key in self.key_iterator(d):
+            values = torch.as_tensor(d[key]).float()
+            per = {"all": float(values.mean())}
+            for c in torch.unique(seg).tolist():
+                per[self.label_names.get(int(c), str(int(c)))] = float(values[seg == c].mean())
+            summary[key] = per
+        result = dict(d.get(self.result_key) or {})
+        result["uncertainty"] = summary
+        d[self.result_key] = result
         return d

@@ -49,7 +49,13 @@ def resample_to_spacing(image: sitk.Image, spacing, interpolator: str = "linear"
     source = image
     if interpolator != "nearest" and (spacing > old_spacing * 1.01).any():
         sigma = np.where(spacing > old_spacing, spacing / 2.0, 0.0)
-        source = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), sigma.tolist())
+        floating = sitk.Cast(image, sitk.sitkFloat32)
+        if min(image.GetSize()) >= 4:
+            source = sitk.SmoothingRecursiveGaussian(floating, sigma.tolist())
+        else:
+            # The recursive filter needs 4 voxels on every axis; single slices and
+            # localisers have 1. The kernel filter works at any size (variance in mm^2).
+            source = sitk.DiscreteGaussian(floating, (sigma**2).tolist(), 32, 0.01, True)
         source = sitk.Cast(source, image.GetPixelID())
     return sitk.Resample(source, [int(s) for s in size], sitk.Transform(), INTERPOLATORS[interpolator],
                          origin.tolist(), spacing.tolist(), image.GetDirection(), 0, image.GetPixelID())
