@@ -73,8 +73,13 @@ def server(tmp_path_factory):
     python = label_env()
     root = tmp_path_factory.mktemp("label")
     apps = root / "apps"
-    subprocess.run([python.parent / "monailabel", "apps", "--download", "--name", "monaibundle", "--output", apps],
-                   check=True, capture_output=True, text=True, timeout=120)
+    # The monailabel launcher is a shell script that runs `python` from PATH.
+    env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([python.parent / "monailabel", "apps", "--download", "--name", "monaibundle", "--output", apps],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and (apps / "monaibundle" / "main.py").is_file(), proc.stdout + proc.stderr
     app = apps / "monaibundle"
     pristine = sorted(p.relative_to(app) for p in app.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert Path("main.py") in pristine
@@ -101,7 +106,6 @@ def server(tmp_path_factory):
     }
     port = free_port()
     log = open(root / "server.log", "w")
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen(
         [python.parent / "monailabel", "start_server", "--app", app, "--studies", studies,
          "--host", "127.0.0.1", "--port", str(port),
