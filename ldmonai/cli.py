@@ -186,11 +186,17 @@ def _run_tissue(args) -> int:
     return 0
 
 
+def _command_group(top, name: str, help: str, description: str, dest: str):
+    """A subcommand that only holds further subcommands, one of which is required."""
+    group = top.add_parser(name, help=help, description=description)
+    sub = group.add_subparsers(dest=dest, metavar=dest.upper(), parser_class=_Parser)
+    sub.required = True
+    return sub
+
+
 def _add_data(top) -> None:
-    data = top.add_parser("data", help="sample datasets that install from the package registry",
-                          description="Make sample datasets.")
-    data_sub = data.add_subparsers(dest="dataset", metavar="DATASET", parser_class=_Parser)
-    data_sub.required = True
+    data_sub = _command_group(top, "data", "sample datasets that install from the package registry",
+                              "Make sample datasets.", "dataset")
     p = data_sub.add_parser(
         "tissue", help="MNI152 brain tissue segmentation cases (background, CSF, GM, WM)",
         description="Write augmented copies of the MNI152 2009 template (nilearn wheel) with tissue labels, "
@@ -227,10 +233,8 @@ def _run_pack(args) -> int:
 
 
 def _add_bundle(top) -> None:
-    bundle = top.add_parser("bundle", help="pack bundles for MONAI Label and the model zoo",
-                            description="Tools for the MONAI bundles under bundles/.")
-    sub = bundle.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    sub.required = True
+    sub = _command_group(top, "bundle", "pack bundles for MONAI Label and the model zoo",
+                         "Tools for the MONAI bundles under bundles/.", "action")
     p = sub.add_parser(
         "pack", help="a self-contained bundle copy with settings baked in and trained weights in models/",
         description="Copy a bundle, write KEY=VALUE settings into every config that defines them, and install "

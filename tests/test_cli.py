@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,33 @@ def test_demo_converts_the_embedded_samples(tmp_path):
     assert (tmp_path / "demo" / "ldseg" / "models" / "model.pt").exists()
     again = run("demo", "--out-dir", str(tmp_path / "demo"))  # resumes: nothing to redo
     assert again.returncode == 0 and "0 series converted" in again.stdout
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bundle_pack(tmp_path, capsys):
+    """``ldmonai bundle pack`` bakes settings into every config that defines them and installs weights."""
+    import json as _json
+
+    from ldmonai.cli import main as cli
+
+    bundle = ROOT / "bundles" / "ldseg"
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"not checked here")
+    dest = tmp_path / "ldseg_3d"
+    assert cli(["bundle", "pack", str(bundle), str(dest), "--set", "spatial_dims=3", "--weights", str(weights)]) == 0
+    for name in ("train.json", "inference.json", "evaluate.json"):
+        config = _json.loads((dest / "configs" / name).read_text())
+        if "spatial_dims" in _json.loads((bundle / "configs" / name).read_text()):
+            assert config["spatial_dims"] == 3, name
+    meta = _json.loads((dest / "configs" / "metadata.json").read_text())
+    assert len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"]) == 3
+    assert (dest / "models" / "model.pt").read_bytes() == b"not checked here"
+    assert _json.loads((bundle / "configs" / "inference.json").read_text())["spatial_dims"] == 2  # source untouched
+    capsys.readouterr()
+    assert cli(["bundle", "pack", str(bundle), str(dest), "--set", "spatial_dimz=3", "--overwrite"]) == 1
+    assert "no config in the bundle defines ['spatial_dimz']" in capsys.readouterr().err
+    assert cli(["bundle", "pack", str(bundle), str(dest)]) == 1
+    assert "destination exists" in capsys.readouterr().err
+    assert (dest / "models" / "model.pt").is_file()  # a refused pack leaves the old copy alone

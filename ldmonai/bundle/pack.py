@@ -60,10 +60,8 @@ def pack_bundle(
     source, dest = Path(source), Path(dest)
     if not (source / "configs" / "metadata.json").is_file():
         raise LdmonaiError("not a MONAI bundle (no configs/metadata.json)", source, "pass a folder under bundles/")
-    if dest.exists():
-        if not overwrite:
-            raise LdmonaiError("destination exists", dest, "choose a new folder or pass --overwrite")
-        shutil.rmtree(dest)
+    if dest.exists() and not overwrite:
+        raise LdmonaiError("destination exists", dest, "choose a new folder or pass --overwrite")
     if weights is not None and not Path(weights).is_file():
         raise LdmonaiError("weights file not found", weights, "train with the bundle's train config first")
     overrides = {k: _parse(v) for k, v in (overrides or {}).items()}
@@ -97,5 +95,8 @@ def pack_bundle(
     if weights is not None:
         (tmp / "models").mkdir(exist_ok=True)
         shutil.copyfile(weights, tmp / "models" / "model.pt")
+    # The old copy goes only once the new one is complete, so a refused pack leaves it intact.
+    if dest.exists():
+        shutil.rmtree(dest)
     os.replace(tmp, dest)
     return dest
