@@ -20,11 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 # MONAI Label runs in its own environment: monailabel imports torchvision, whose registry
 # wheels all link CUDA. --isolated makes pip ignore the machine's local CPU wheel folder and
 # take the registry's CUDA build of the same torch 2.13.0 (about 4.8 GB; it runs on CPU).
-# The main .venv is never touched and stays on the CPU wheel.
+# The main .venv is never touched and stays on the CPU wheel. ldmonai goes in without its
+# dependencies (it needs pydicom 3, monailabel pydicom 2); what serving a bundle imports (monai
+# with nibabel/ignite/pillow/tqdm, einops, scipy, pyyaml) comes with monailabel.
 $(LABEL_STAMP): pyproject.toml constraints-label.txt
 	$(PYTHON) -m venv $(LABEL_VENV)
 	$(LABEL_VENV)/bin/python -m pip --disable-pip-version-check install -q --isolated -c constraints-label.txt torch torchvision
-	$(LABEL_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints-label.txt monailabel==0.8.5 "monai==1.6.1" "einops>=0.7" "scipy>=1.10" "pillow>=10.0" "pyyaml>=6.0" "tqdm>=4.60"
+	$(LABEL_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints-label.txt monailabel==0.8.5 "monai==1.6.1"
 	$(LABEL_VENV)/bin/python -m pip --disable-pip-version-check install -q --no-deps -e .
 	$(LABEL_VENV)/bin/python -c "import torch, torchvision, monailabel, sys; sys.exit(0 if torch.__version__.split('+')[0] == '2.13.0' else f'torch {torch.__version__} in $(LABEL_VENV)')"
 	touch $(LABEL_STAMP)

@@ -34,6 +34,11 @@ class LdmonaiError(Exception):
     def to_dict(self) -> dict:
         return {"path": self.path, "reason": self.message, "fix": self.fix}
 
+    @classmethod
+    def from_dict(cls, entry: dict) -> "LdmonaiError":
+        """The inverse of :meth:`to_dict`, for the failure entries that batch reports keep."""
+        return cls(entry["reason"], entry.get("path"), entry.get("fix"))
+
 
 def find_ldmonai_error(exc: BaseException | None) -> LdmonaiError | None:
     """The first :class:`LdmonaiError` in ``exc``'s cause/context chain, if any.

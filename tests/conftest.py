@@ -1,4 +1,6 @@
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,23 @@ def shared_path(*parts) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not found at {path}: clone beside ../shared or set LDMONAI_SHARED")
     return path
+
+
+def monai_bundle(*args, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` in a fresh process; with ``check``, a failure shows its output tails."""
+    cmd = [sys.executable, "-m", "monai.bundle", *map(str, args)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"monai.bundle {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -14,13 +14,13 @@
 
 import json
 import re
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import monai_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = Path(__file__).parent / "bundle" / "meta_schema.json"
@@ -29,20 +29,6 @@ REQUIRED = [
     "configs/metadata.json", "configs/train.json", "configs/inference.json", "configs/evaluate.json",
     "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md", "LICENSE", "models/large_files.yml",
 ]
-
-
-def monai_bundle(*args, check=True):
-    cmd = [sys.executable, "-m", "monai.bundle", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"PYTHONWARNINGS": "ignore", **_env()})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd[2:5])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def _env():
-    import os
-
-    return dict(os.environ)
 
 
 def pins() -> dict[str, str]:
@@ -106,27 +92,22 @@ def test_verify_denoiser_with_timesteps():
     fmt = "_meta_#network_data_format#"
     from monai.bundle import verify_net_in_out
 
-    # In-process: a timestep tensor cannot travel through the command line's parser.
-    verify_net_in_out(
-        net_id="denoiser", meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
-        device="cpu", n=1, extra_forward_args={"timesteps": torch.tensor([500])},
-        **{
-            "denoiser": "$@network_def.denoiser",
-            f"{fmt}inputs#image#num_channels": inference["latent_channels"] + inference["embed_channels"],
-            f"{fmt}outputs#pred#num_channels": inference["latent_channels"],
-        },
-    )
-    # and it does compare: a wrong channel count is caught
-    with pytest.raises(ValueError, match="output channel number"):
+    def verify(out_channels: int) -> None:
+        # In-process: a timestep tensor cannot travel through the command line's parser.
         verify_net_in_out(
             net_id="denoiser", meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
             device="cpu", n=1, extra_forward_args={"timesteps": torch.tensor([500])},
             **{
                 "denoiser": "$@network_def.denoiser",
                 f"{fmt}inputs#image#num_channels": inference["latent_channels"] + inference["embed_channels"],
-                f"{fmt}outputs#pred#num_channels": inference["latent_channels"] + 1,
+                f"{fmt}outputs#pred#num_channels": out_channels,
             },
         )
+
+    verify(inference["latent_channels"])
+    # and it does compare: a wrong channel count is caught
+    with pytest.raises(ValueError, match="output channel number"):
+        verify(inference["latent_channels"] + 1)
 
 
 def test_ckpt_export_traces_ldseg(tmp_path):

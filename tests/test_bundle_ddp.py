@@ -8,7 +8,6 @@ checkpoints and TensorBoard events.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from ldmonai.data import make_tissue_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "ldseg" / "configs"
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(configs, *args):

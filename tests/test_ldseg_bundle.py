@@ -7,15 +7,13 @@ computed from the same validation labels.
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import monai_bundle
 from ldmonai.data import make_tissue_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,13 +23,7 @@ pytestmark = pytest.mark.slow
 
 def bundle(configs, *args, check=True):
     files = [str(CONFIGS / c) for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(files) if len(files) > 1 else files[0]]
-    cmd += [str(a) for a in args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return monai_bundle("run", "--config_file", repr(files) if len(files) > 1 else files[0], *args, check=check)
 
 
 def chance_dice(datalist: Path, split: str = "validation", seed: int = 0) -> float:

@@ -10,12 +10,8 @@ build of the same torch 2.13.0. It runs on CPU. The main environment stays on th
 wheel; the install step checks both.
 """
 
-import json
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,17 +21,21 @@ import pytest
 import requests
 import torch
 
+from conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-LABEL_PY = ROOT / ".venv-label" / "bin" / "python"
+LABEL_VENV = ROOT / ".venv-label"
+LABEL_PY = LABEL_VENV / "bin" / "python"
 pytestmark = pytest.mark.slow
 
 
 def label_env() -> Path:
-    """Build ``.venv-label`` with the ``[label]`` extra (a no-op when up to date) and check its torch."""
+    """Build ``.venv-label`` with ``make label-env`` (monailabel, ldmonai without its dependencies;
+    a no-op when up to date) and check its torch and the main environment's."""
     proc = subprocess.run(["make", "-s", "label-env"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"make label-env failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     out = subprocess.run(
-        [LABEL_PY, "-c", "import torch, torchvision, monailabel, numpy; "
+        [LABEL_PY, "-c", "import torch, torchvision, monailabel; "
                          "print(torch.__version__, torchvision.__version__, monailabel.__version__)"],
         capture_output=True, text=True, check=True).stdout.split()
     assert out[0].split("+")[0] == "2.13.0" and out[1].split("+")[0] == "0.28.0" and out[2] == "0.8.5", out
@@ -46,12 +46,6 @@ def label_env() -> Path:
     nvidia = sorted(d.metadata["Name"] for d in distributions() if d.metadata["Name"].lower().startswith("nvidia"))
     assert not nvidia, nvidia
     return LABEL_PY
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def oblique_volume(path: Path, shape, seed: int) -> np.ndarray:
@@ -141,7 +135,7 @@ def test_info_lists_the_bundle(server):
     assert model["type"] == "segmentation" and model["dimension"] == 3
     assert model["labels"] == {"csf": 1, "grey_matter": 2, "white_matter": 3}
     # The sample app runs as shipped: its files equal the wheel's copy byte for byte.
-    shipped = ROOT / ".venv-label" / "monailabel" / "sample-apps" / "monaibundle"
+    shipped = LABEL_VENV / "monailabel" / "sample-apps" / "monaibundle"
     for rel in server["pristine"]:
         assert (server["app"] / rel).read_bytes() == (shipped / rel).read_bytes(), rel
 

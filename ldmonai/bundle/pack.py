@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ldmonai.errors import LdmonaiError
-from ldmonai.io.atomic import atomic_path
 
 _SKIP = shutil.ignore_patterns("runs", "eval", "data", "__pycache__", "*.pt", "*.ts", ".*")
 
 
 def _write_json(path: Path, content: Any) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(content, indent=4) + "\n")
+    # Plain writes: the whole copy is built in a temporary folder and renamed into place.
+    path.write_text(json.dumps(content, indent=4) + "\n")
 
 
 def _parse(value: Any) -> Any:

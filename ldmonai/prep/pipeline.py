@@ -147,8 +147,7 @@ class PrepReport:
     def summary(self) -> str:
         lines = [f"{len(self.done)} cases done, {len(self.skipped)} already done, {len(self.failed)} failed "
                  f"in {self.seconds:.1f} s -> {self.output_dir}"]
-        lines += [f"  FAILED {f['case']}: {f['path']}: {f['reason']}" + (f" (fix: {f['fix']})" if f.get("fix") else "")
-                  for f in self.failed]
+        lines += [f"  FAILED {f['case']}: {LdmonaiError.from_dict(f)}" for f in self.failed]
         return "\n".join(lines)
 
 

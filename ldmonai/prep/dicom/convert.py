@@ -63,7 +63,7 @@ class ConversionReport:
                  f"{len(self.failed)} failed; {self.files_scanned} files read "
                  f"({self.files_ignored} not DICOM images, {len(self.duplicates)} duplicates) in {self.seconds:.2f} s -> {self.output_dir}"]
         for f in self.failed:
-            lines.append(f"  FAILED {f['path']}: {f['reason']}" + (f" (fix: {f['fix']})" if f.get("fix") else ""))
+            lines.append(f"  FAILED {LdmonaiError.from_dict(f)}")
         return "\n".join(lines)
 
 
