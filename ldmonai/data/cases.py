@@ -16,7 +16,7 @@ import numpy as np
 from ldmonai.data.datalist import load_datalist
 from ldmonai.errors import LdmonaiError
 from ldmonai.io.atomic import atomic_write_json
-from ldmonai.io.names import IMAGE_SUFFIXES, image_stem
+from ldmonai.io.names import IMAGE_SUFFIXES, case_stem, image_stem
 
 
 def find_images(source: str | os.PathLike, split: str = "test", key: str = "image") -> list[dict]:
@@ -31,6 +31,10 @@ def find_images(source: str | os.PathLike, split: str = "test", key: str = "imag
         return [{key: str(source)}]
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            # SynthRAD-style patient folders: <region>/<patient>/mr.mha (or cbct.mha)
+            files = sorted(p for p in source.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+                           and image_stem(p).lower() in ("mr", "cbct"))
         if not files:
             raise LdmonaiError(
                 "folder holds no images", source, f"put images with one of {', '.join(IMAGE_SUFFIXES)} in it"
@@ -82,7 +86,7 @@ def inference_cases(
     output_dir = Path(output_dir)
     todo, skipped, done = [], [], 0
     for case in cases:
-        stem = image_stem(case[key])
+        stem = case_stem(case[key])
         if resume and all((output_dir / f"{stem}_{p}{output_ext}").exists() for p in output_postfixes):
             done += 1
             continue

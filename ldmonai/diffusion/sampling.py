@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler, Scheduler
 from tqdm.auto import tqdm
 
 _KINDS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
@@ -51,7 +51,8 @@ def denoise(
     """Run the reverse process from pure noise to x0.
 
     Args:
-        scheduler: a MONAI scheduler with ``set_timesteps`` and ``step``.
+        scheduler: a MONAI scheduler with ``set_timesteps`` and ``step`` (DDPM, DDIM, or
+            RFlow, whose Euler step is told the next timestep).
         model_fn: ``model_fn(x_t, t)`` with ``x_t`` of shape ``(B, C, *S)`` and ``t`` of shape
             ``(B,)``; returns the network output the scheduler expects.
         sample: ``(B, C, *S)`` the starting noise x_T.
@@ -62,10 +63,19 @@ def denoise(
     Returns:
         ``(B, C, *S)`` the final sample.
     """
-    scheduler.set_timesteps(num_inference_steps, device=sample.device)
-    steps = scheduler.timesteps
-    for t in tqdm(steps, desc="sampling", leave=False, disable=not progress):
-        t_batch = torch.full((sample.shape[0],), int(t), device=sample.device, dtype=torch.long)
+    rflow = isinstance(scheduler, RFlowScheduler)
+    if rflow:
+        scheduler.set_timesteps(num_inference_steps, device=sample.device, input_img_size_numel=int(sample[0, 0].numel()))
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=sample.device)
+    steps = [int(t) for t in scheduler.timesteps]
+    # a flow step integrates over [t, next t]; the last one ends at t = 0
+    following = steps[1:] + [0]
+    for t, t_next in tqdm(list(zip(steps, following)), desc="sampling", leave=False, disable=not progress):
+        t_batch = torch.full((sample.shape[0],), t, device=sample.device, dtype=torch.long)
         output = model_fn(sample, t_batch)
-        sample, _ = scheduler.step(output, int(t), sample, generator=generator)
+        if rflow:
+            sample, _ = scheduler.step(output, t, sample, t_next)
+        else:
+            sample, _ = scheduler.step(output, t, sample, generator=generator)
     return sample

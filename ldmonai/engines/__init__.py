@@ -2,11 +2,14 @@
 atomic resumable checkpoints, and image grids for TensorBoard."""
 
 from ldmonai.engines.checkpoint import BestModelSaver, ResumableCheckpoint, latest_checkpoint, require_checkpoint
+from ldmonai.engines.generation import FlowTrainStep, GeneratorTrainStep
 from ldmonai.engines.image_grid import SegmentationGridHandler
 from ldmonai.engines.segmentation import SegmenterTrainStep, loss_terms
 
 __all__ = [
     "BestModelSaver",
+    "FlowTrainStep",
+    "GeneratorTrainStep",
     "ResumableCheckpoint",
     "SegmentationGridHandler",
     "SegmenterTrainStep",

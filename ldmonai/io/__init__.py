@@ -1,7 +1,8 @@
 """Small I/O helpers shared by every writer in the toolkit."""
 
 from ldmonai.io.atomic import TMP_MARK, atomic_path, atomic_write_json, remove_stale_temps
-from ldmonai.io.preview import SavePreviewd, save_png, segmentation_panel
+from ldmonai.io.names import case_name_formatter
+from ldmonai.io.preview import SavePreviewd, SaveTranslationPreviewd, save_png, segmentation_panel
 from ldmonai.io.writers import AtomicITKWriter, AtomicNibabelWriter
 
 __all__ = [
@@ -9,6 +10,8 @@ __all__ = [
     "AtomicITKWriter",
     "AtomicNibabelWriter",
     "SavePreviewd",
+    "SaveTranslationPreviewd",
+    "case_name_formatter",
     "atomic_path",
     "atomic_write_json",
     "remove_stale_temps",

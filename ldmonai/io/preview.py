@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ldmonai.io.atomic import atomic_path
-from ldmonai.io.names import image_stem
+from ldmonai.io.names import case_stem
 
 # Distinct colours for label ids 1..N (0 stays transparent in overlays).
 _PALETTE = np.array(
@@ -117,9 +117,41 @@ class SavePreviewd:
     def __call__(self, data: dict) -> dict:
         image = data[self.image_key]
         meta = getattr(image, "meta", {}) or {}
-        stem = image_stem(str(meta.get("filename_or_obj", "case")))
+        stem = case_stem(str(meta.get("filename_or_obj", "case")))
         label = data.get(self.label_key) if self.label_key else None
         maps = [data[k] for k in self.map_keys if k in data]
         rgb = segmentation_panel(image[0], seg=data.get(self.seg_key), label=label, maps=maps)
         save_png(os.path.join(self.output_dir, f"{stem}_preview.png"), rgb)
+        return data
+
+
+def ct_window(slice2d: np.ndarray, lo: float = -1000.0, hi: float = 1500.0) -> np.ndarray:
+    """``(H, W, 3)`` uint8 of a HU slice in a fixed window, so that previews compare across cases."""
+    scaled = np.clip((np.nan_to_num(slice2d) - lo) / (hi - lo), 0, 1)
+    return np.repeat((scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+class SaveTranslationPreviewd:
+    """Dictionary transform: write ``<stem>_preview.png``: input | generated CT | reference CT
+    (when present) | absolute error (when present), CT in a fixed HU window.
+
+    Args:
+        output_dir: where the PNGs go.
+        image_key, pred_key, label_key: input, generated and reference (both HU) keys.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, image_key: str = "image", pred_key: str = "pred", label_key: str = "label") -> None:
+        self.output_dir = os.fspath(output_dir)
+        self.image_key, self.pred_key, self.label_key = image_key, pred_key, label_key
+
+    def __call__(self, data: dict) -> dict:
+        image = data[self.image_key]
+        meta = getattr(image, "meta", {}) or {}
+        stem = case_stem(str(meta.get("filename_or_obj", "case")))
+        pred = middle_slice(data[self.pred_key])
+        tiles = [grey(middle_slice(image)), ct_window(pred)]
+        if isinstance(data.get(self.label_key), (torch.Tensor, np.ndarray)):
+            ref = middle_slice(data[self.label_key])
+            tiles += [ct_window(ref), heat(np.abs(pred - ref), vmax=500.0)]
+        save_png(os.path.join(self.output_dir, f"{stem}_preview.png"), panel(tiles))
         return data

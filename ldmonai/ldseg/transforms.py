@@ -10,14 +10,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from ldmonai.errors import LdmonaiError
+from ldmonai.io.names import source_name
 from ldmonai.ldseg.uncertainty import MAP_NAMES
-
-
-def source_name(data: Mapping, key: Hashable) -> str:
-    """The file a loaded item came from (MONAI keeps it in the MetaTensor), else the key."""
-    value = data.get(key)
-    meta = getattr(value, "meta", None) or {}
-    return str(meta.get("filename_or_obj", key))
 
 
 class CheckSegmentationPaird(MapTransform):

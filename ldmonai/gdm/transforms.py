@@ -1,0 +1,163 @@
+"""Dictionary transforms that GDM bundles chain around the generator: checks, masks and
+the sparse-view simulation."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Mapping
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+from scipy import ndimage
+
+from ldmonai.errors import LdmonaiError
+from ldmonai.gdm.ct_physics import Projector, attenuation_to_hu, hu_to_attenuation
+from ldmonai.gdm.hu import hu_to_unit, unit_to_hu
+from ldmonai.io.names import source_name
+
+logger = logging.getLogger("ldmonai")
+__all__ = ["CheckCTPaird", "SparseViewd", "body_mask"]
+
+
+def body_mask(image: np.ndarray) -> np.ndarray:
+    """Foreground of an MR or CT volume: above 10% of its robust maximum (or -500 HU for CT),
+    closed, holes filled, largest component. SynthRAD's own masks are dilated body outlines;
+    this is the fallback when a case comes without one."""
+    lo, hi = np.percentile(image, [1, 99])
+    threshold = -500.0 if lo < -500 else lo + 0.1 * (hi - lo)
+    mask = ndimage.binary_closing(image > threshold, iterations=2)
+    mask = ndimage.binary_fill_holes(mask)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum(mask, labels, range(1, n + 1))
+        mask = labels == (1 + int(np.argmax(sizes)))
+    return ndimage.binary_dilation(mask, iterations=1)
+
+
+def _warn(text: str) -> None:
+    logger.warning(text)
+    warnings.warn(text, stacklevel=3)
+
+
+class CheckCTPaird(MapTransform):
+    """Refuse or repair a paired case before it reaches the generator, naming the case.
+
+    - NaN or infinite values in either image: refused.
+    - MR and CT (and mask) of different geometry (shape, or affine beyond ``tolerance`` mm):
+      refused; the fix is to resample the CT onto the MR grid.
+    - No mask: a body mask from the MR (:func:`body_mask`), with a warning.
+    - A CT whose values do not look like HU (no air near -1000, or nothing above 100):
+      a warning, since a CT stored with an offset or as [0, 1] would train a wrong mapping.
+
+    Args:
+        image_key, label_key, mask_key: MR and CT and mask keys, channel first. For
+            sparse-view CT the CT is the input (``image_key="label"``, ``label_key=None``);
+            ``mask_key=None`` skips the mask (inference).
+        allow_missing_label: inference inputs come without CT.
+        tolerance: affine tolerance in mm.
+    """
+
+    def __init__(self, image_key: str = "image", label_key: str | None = "label", mask_key: str | None = "mask",
+                 allow_missing_label: bool = False, tolerance: float = 1e-3) -> None:
+        super().__init__([image_key])
+        self.image_key, self.label_key, self.mask_key = image_key, label_key, mask_key
+        self.allow_missing_label = allow_missing_label or label_key is None
+        self.tolerance = tolerance
+
+    def _same_grid(self, d: Mapping, key: str, case: str) -> None:
+        a, b = d[self.image_key], d[key]
+        if tuple(a.shape[1:]) != tuple(b.shape[1:]):
+            raise LdmonaiError(
+                f"case {case}: {key} shape {tuple(b.shape[1:])} differs from the input's {tuple(a.shape[1:])}",
+                source_name(d, key), "resample it onto the MR grid (ldmonai prep resample, or SimpleITK.Resample with the MR as reference)",
+            )
+        aff_a, aff_b = getattr(a, "affine", None), getattr(b, "affine", None)
+        if aff_a is not None and aff_b is not None:
+            diff = float(torch.as_tensor(aff_a, dtype=torch.float64).sub(torch.as_tensor(aff_b, dtype=torch.float64)).abs().max())
+            if diff > self.tolerance:
+                raise LdmonaiError(
+                    f"case {case}: {key} and the input have the same shape but different geometry (affines differ by {diff:.3g} mm)",
+                    source_name(d, key), "resample it onto the MR grid so that both share origin, spacing and direction",
+                )
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        case = str(d.get("case") or source_name(d, self.image_key))
+        for key in (self.image_key, self.label_key):
+            if key is not None and key in d and not torch.isfinite(torch.as_tensor(d[key])).all():
+                raise LdmonaiError(f"case {case}: {key} contains NaN or infinite values", source_name(d, key), "fix or drop this case")
+        ct_key = self.label_key if self.label_key is not None else self.image_key
+        if self.label_key is not None and self.label_key in d:
+            self._same_grid(d, self.label_key, case)
+        if ct_key in d and (self.label_key is None or self.label_key in d):
+            ct = torch.as_tensor(d[ct_key]).float()
+            lo, hi = (float(v) for v in torch.quantile(ct.flatten()[:: max(1, ct.numel() // 200000)], torch.tensor([0.01, 0.99])))
+            if lo > -500 or hi < 100:
+                _warn(
+                    f"case {case}: CT values span [{lo:.0f}, {hi:.0f}] (1st-99th percentile), which does not look like HU "
+                    f"(air is -1000, bone above 300); rescale it to HU ({source_name(d, ct_key)})"
+                )
+        if self.label_key is not None and self.label_key not in d and not self.allow_missing_label:
+            raise LdmonaiError(f"case {case} has no {self.label_key!r} (the target CT)", source_name(d, self.image_key),
+                               f"add a {self.label_key!r} path for it to the datalist")
+        if self.mask_key is None:
+            return d
+        if d.get(self.mask_key) is None:
+            _warn(f"case {case}: no mask, using a body mask from the input image instead")
+            ref = d[self.image_key]
+            mask = body_mask(np.asarray(ref[0], dtype=np.float32))[None].astype(np.float32)
+            d[self.mask_key] = MetaTensor(mask, meta=dict(getattr(ref, "meta", {}))) if isinstance(ref, MetaTensor) else torch.from_numpy(mask)
+        else:
+            self._same_grid(d, self.mask_key, case)
+        return d
+
+
+class SparseViewd(MapTransform):
+    """Simulate a sparse-view scan of a unit-range CT and put its FBP in ``target_key``.
+
+    The CT (``source_key``, unit range) becomes attenuation, is projected slice by slice
+    over ``num_views`` angles, optionally gets Gaussian noise on the line integrals, and is
+    reconstructed by filtered back-projection; the result goes back to unit range. The
+    sinogram is kept under ``sinogram_key`` for data-consistency refinement.
+
+    Args:
+        num_views: views of the sparse scan (18, 36, 72, ...).
+        geometry: ``parallel`` or ``fan``.
+        noise_std: std of Gaussian noise on the line integrals (pixel units).
+        filter_window: FBP filter window.
+        seed: noise seed, so that a cached dataset is reproducible.
+    """
+
+    def __init__(self, num_views: int = 36, geometry: str = "parallel", noise_std: float = 0.0, filter_window: str = "ram-lak",
+                 source_key: str = "label", target_key: str = "image", sinogram_key: str | None = None, seed: int = 0) -> None:
+        super().__init__([source_key])
+        self.num_views, self.geometry, self.noise_std, self.filter_window = num_views, geometry, noise_std, filter_window
+        self.source_key, self.target_key, self.sinogram_key = source_key, target_key, sinogram_key
+        self.generator = torch.Generator().manual_seed(seed)
+        self._projectors: dict[tuple, Projector] = {}
+
+    def projector(self, size: tuple[int, int]) -> Projector:
+        if size not in self._projectors:
+            self._projectors[size] = Projector(size, self.num_views, self.geometry)
+        return self._projectors[size]
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        ct = d[self.source_key]
+        vol = torch.as_tensor(ct).float()
+        if vol.ndim not in (3, 4):
+            raise LdmonaiError(f"expected a channel-first slice or volume, got shape {tuple(vol.shape)}", source_name(d, self.source_key))
+        proj = self.projector(tuple(vol.shape[1:3]))
+        mu = hu_to_attenuation(unit_to_hu(vol))[None]
+        with torch.no_grad():
+            sino = proj(mu)
+            if self.noise_std > 0:
+                sino = sino + self.noise_std * torch.randn(sino.shape, generator=self.generator)
+            fbp = hu_to_unit(attenuation_to_hu(proj.fbp(sino, self.filter_window)))[0]
+        d[self.target_key] = MetaTensor(fbp, meta=dict(ct.meta)) if isinstance(ct, MetaTensor) else fbp
+        if self.sinogram_key:
+            d[self.sinogram_key] = sino[0]
+        return d

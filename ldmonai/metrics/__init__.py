@@ -1,0 +1,5 @@
+"""Image metrics with the definitions of the challenges they come from."""
+
+from ldmonai.metrics.synthrad import SynthRADMetric, image_metrics, masked_ms_ssim, mae, psnr, ssim
+
+__all__ = ["SynthRADMetric", "image_metrics", "mae", "masked_ms_ssim", "psnr", "ssim"]
