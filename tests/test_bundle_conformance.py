@@ -139,3 +139,23 @@ def test_ckpt_export_traces_ldseg(tmp_path):
     torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-5)
     with pytest.raises(Exception):
         torch.jit.script(net)
+
+
+def test_ckpt_export_scripts_gdm(tmp_path):
+    """GDM's generator is a plain MONAI ``UNet``: it scripts, no tracing needed."""
+    configs = ROOT / "bundles" / "gdm" / "configs"
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    parser["device"] = "$torch.device('cpu')"
+    net = parser.get_parsed_content("network_def").eval()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    monai_bundle(
+        "ckpt_export", "--net_id", "network_def", "--filepath", tmp_path / "model.ts", "--ckpt_file", tmp_path / "model.pt",
+        "--meta_file", configs / "metadata.json", "--config_file", configs / "inference.json",
+    )
+    exported = torch.jit.load(str(tmp_path / "model.ts"))
+    x = torch.rand(1, 1, 32, 40, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), net(x))
