@@ -26,14 +26,15 @@ from typing import Sequence
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from ldmonai.io.atomic import atomic_path
+from ldmonai.prep.image import write_image
 from ldmonai.prep.templates import robex_atlas
+from ldmonai.prep.transforms import metatensor_to_sitk
 
 TISSUES = ("air", "fat", "soft_tissue", "bone", "csf", "grey_matter", "white_matter")
 # mean HU per class and the spread of its smooth variation between and within cases
@@ -52,8 +53,7 @@ def head_tissues(size: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     brain = np.asarray(nib.load(atlas.brain_mask).dataobj).reshape(img.shape[:3]) > 0
     head = ndimage.binary_fill_holes(ndimage.binary_closing(t1 > 0.08 * np.percentile(t1, 99), iterations=3))
     for ax in range(3):  # fill holes slice-wise too: the mouth and sinuses open to the outside
-        head = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(head, ax, 0)], axis=0).transpose(
-            *np.argsort([ax] + [a for a in range(3) if a != ax]))
+        head = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(head, ax, 0)]), 0, ax)
     cls = np.zeros(t1.shape, dtype=np.int64)
     inb = t1[brain]
     q1, q2 = np.percentile(inb, [22, 50])
@@ -88,14 +88,7 @@ def _smooth_field(shape, rng: np.random.Generator, sigma: float) -> np.ndarray:
 
 def write_mha(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     """An (x, y, z) array with a NIfTI (RAS) affine as MHA (LPS), atomically."""
-    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
-    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :4]
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    img.SetSpacing(tuple(float(s) for s in spacing))
-    img.SetDirection(tuple((lps[:3, :3] / spacing).ravel().tolist()))
-    img.SetOrigin(tuple(float(o) for o in lps[:3, 3]))
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+    write_image(metatensor_to_sitk(MetaTensor(torch.from_numpy(array[None]), affine=torch.as_tensor(affine))), path)
 
 
 def make_mr_ct_phantoms(

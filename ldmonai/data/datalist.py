@@ -20,6 +20,7 @@ def load_datalist(
     split: str = "training",
     keys: Sequence[str] = ("image", "label"),
     base_dir: str | os.PathLike | None = None,
+    optional_keys: Sequence[str] = (),
 ) -> list[dict]:
     """Read one split of a datalist JSON and resolve its paths.
 
@@ -27,6 +28,8 @@ def load_datalist(
         datalist: path to ``{"training": [{"image": ..., "label": ...}], "validation": [...], ...}``.
         split: which list to return.
         keys: keys every entry must have; their values are file paths.
+        optional_keys: path keys that some entries may lack (a mask); resolved and
+            checked like ``keys`` where present.
         base_dir: what relative paths are relative to (default: the datalist's folder).
 
     Returns:
@@ -63,7 +66,7 @@ def load_datalist(
         if missing:
             raise LdmonaiError(f"{where} has no key {missing[0]!r} (keys: {sorted(entry)})", datalist, f"add {missing[0]!r} to every case")
         item = dict(entry)
-        for k in keys:
+        for k in [*keys, *(k for k in optional_keys if entry.get(k))]:
             path = Path(str(entry[k]))
             path = path if path.is_absolute() else base / path
             if not path.exists():

@@ -84,11 +84,7 @@ def paired_datalist(
 
     source = Path(source)
     if source.suffix.lower() == ".json":
-        entries = load_datalist(source, split, keys=("image", "label"))
-        for e in entries:
-            if e.get("mask"):
-                e["mask"] = str((source.parent / e["mask"]).resolve()) if not os.path.isabs(e["mask"]) else e["mask"]
-        return entries
+        return load_datalist(source, split, keys=("image", "label"), optional_keys=("mask",))
     cases = synthrad_datalist(source, val_fraction=val_fraction, test_fraction=test_fraction)[split]
     if not cases:
         raise LdmonaiError(f"the {split!r} split is empty", source, "add cases or change val_fraction / test_fraction")

@@ -97,6 +97,8 @@ class Projector(nn.Module):
         u = (torch.arange(self.num_detectors, dtype=torch.float64) - (self.num_detectors - 1) / 2.0) * self.detector_spacing
         self.register_buffer("detector", u, persistent=False)
         self.num_samples = int(math.ceil(2.0 * self.radius * samples_per_pixel))
+        # every ray is sampled over the chord of the slice's circumscribed circle
+        self.step_length = 2.0 * self.radius / self.num_samples
         self.register_buffer("_ray_grid", self._rays().float(), persistent=False)
 
     # -- geometry -------------------------------------------------------------------
@@ -115,7 +117,6 @@ class Projector(nn.Module):
             r = (steps * 2.0 - 1.0) * self.radius
             x = u * torch.cos(th) - r * torch.sin(th)
             y = u * torch.sin(th) + r * torch.cos(th)
-            self.step_length = 2.0 * self.radius / self.num_samples
         else:
             d_so, d_sd = self.source_distance, self.detector_distance
             sx, sy = d_so * torch.cos(th), d_so * torch.sin(th)
@@ -126,7 +127,6 @@ class Projector(nn.Module):
             # only the part of each ray that can cross the slice's circumscribed circle
             l = d_so - self.radius + steps[None, None] * 2.0 * self.radius
             x, y = sx + l * dx, sy + l * dy
-            self.step_length = 2.0 * self.radius / self.num_samples
         x, y = torch.broadcast_tensors(x, y)
         return self._to_grid(x, y).reshape(-1, self.num_samples, 2)
 

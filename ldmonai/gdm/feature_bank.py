@@ -17,6 +17,7 @@ weights install from the package registry (:func:`astra_encoder`).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Sequence
 
@@ -113,9 +114,11 @@ class StagedEncoder(_Frozen):
             try:
                 network.load_state_dict(state, strict=strict)
             except RuntimeError as err:
+                # torch's first line is a header; the second names the first mismatching key
+                detail = (str(err).splitlines()[1:] or [str(err)])[0].strip()[:160]
                 raise LdmonaiError(
                     "checkpoint does not fit the encoder network", checkpoint,
-                    f"use the network definition it was saved from ({str(err).splitlines()[1][:160] if len(str(err).splitlines()) > 1 else err})",
+                    f"use the network definition it was saved from ({detail})",
                 ) from None
         modules = dict(network.named_modules())
         missing = [s for s in stages if s not in modules]
@@ -229,7 +232,7 @@ def _patches(x: torch.Tensor, k: int) -> torch.Tensor:
     b, c = x.shape[:2]
     grid = x.shape[2 : 2 + nd]
     x = x.permute(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
-    return x.reshape(b, int(torch.tensor(grid).prod()), -1)
+    return x.reshape(b, math.prod(grid), -1)
 
 
 class FeatureBank(nn.Module):

@@ -89,10 +89,14 @@ class CheckCTPaird(MapTransform):
         for key in (self.image_key, self.label_key):
             if key is not None and key in d and not torch.isfinite(torch.as_tensor(d[key])).all():
                 raise LdmonaiError(f"case {case}: {key} contains NaN or infinite values", source_name(d, key), "fix or drop this case")
-        ct_key = self.label_key if self.label_key is not None else self.image_key
-        if self.label_key is not None and self.label_key in d:
-            self._same_grid(d, self.label_key, case)
-        if ct_key in d and (self.label_key is None or self.label_key in d):
+        if self.label_key is not None:
+            if self.label_key in d:
+                self._same_grid(d, self.label_key, case)
+            elif not self.allow_missing_label:
+                raise LdmonaiError(f"case {case} has no {self.label_key!r} (the target CT)", source_name(d, self.image_key),
+                                   f"add a {self.label_key!r} path for it to the datalist")
+        ct_key = self.image_key if self.label_key is None else self.label_key
+        if ct_key in d:
             ct = torch.as_tensor(d[ct_key]).float()
             lo, hi = (float(v) for v in torch.quantile(ct.flatten()[:: max(1, ct.numel() // 200000)], torch.tensor([0.01, 0.99])))
             if lo > -500 or hi < 100:
@@ -100,9 +104,6 @@ class CheckCTPaird(MapTransform):
                     f"case {case}: CT values span [{lo:.0f}, {hi:.0f}] (1st-99th percentile), which does not look like HU "
                     f"(air is -1000, bone above 300); rescale it to HU ({source_name(d, ct_key)})"
                 )
-        if self.label_key is not None and self.label_key not in d and not self.allow_missing_label:
-            raise LdmonaiError(f"case {case} has no {self.label_key!r} (the target CT)", source_name(d, self.image_key),
-                               f"add a {self.label_key!r} path for it to the datalist")
         if self.mask_key is None:
             return d
         if d.get(self.mask_key) is None:

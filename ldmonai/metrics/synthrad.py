@@ -99,19 +99,28 @@ def ssim(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = None) -> fl
     return float(_crop(smap)[_crop(m).astype(bool)].mean())
 
 
-def image_metrics(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
-    """All four on HU volumes of one case (``gt``, ``pred`` and ``mask`` of one shape)."""
+_METRICS = {"mae": mae, "psnr": psnr, "ms_ssim": masked_ms_ssim, "ssim": ssim}
+
+
+def image_metrics(
+    gt: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = None, names: tuple[str, ...] = tuple(_METRICS)
+) -> dict[str, float]:
+    """The metrics ``names`` (all four by default) on HU volumes of one case (``gt``, ``pred``
+    and ``mask`` of one shape), each scored the way the official ``score_patient`` calls it."""
     gt, pred = np.asarray(gt, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     if gt.shape != pred.shape or (mask is not None and np.shape(mask) != gt.shape):
         raise ValueError(f"shapes differ: gt {gt.shape}, pred {pred.shape}, mask {None if mask is None else np.shape(mask)}")
+    # score_patient sets everything outside the mask to -1024 before MAE and PSNR; MS-SSIM
+    # (and SSIM) apply the mask themselves
     masked_gt = gt if mask is None else np.where(np.asarray(mask) == 0, HU_MIN, gt)
     masked_pred = pred if mask is None else np.where(np.asarray(mask) == 0, HU_MIN, pred)
-    return {
-        "mae": mae(masked_gt, masked_pred, mask),
-        "psnr": psnr(masked_gt, masked_pred, mask),
-        "ms_ssim": masked_ms_ssim(gt, pred, mask),
-        "ssim": ssim(gt, pred, mask),
-    }
+    out = {}
+    for name in names:
+        if name in ("mae", "psnr"):
+            out[name] = _METRICS[name](masked_gt, masked_pred, mask)
+        else:
+            out[name] = _METRICS[name](gt, pred, mask)
+    return out
 
 
 class SynthRADMetric(CumulativeIterationMetric):
@@ -126,12 +135,10 @@ class SynthRADMetric(CumulativeIterationMetric):
     only two tensors.
     """
 
-    _FUNCS = {"mae": mae, "psnr": psnr, "ms_ssim": masked_ms_ssim, "ssim": ssim}
-
     def __init__(self, metric_name: str = "mae") -> None:
         super().__init__()
-        if metric_name not in self._FUNCS:
-            raise ValueError(f"metric_name must be one of {sorted(self._FUNCS)}, got {metric_name!r}")
+        if metric_name not in _METRICS:
+            raise ValueError(f"metric_name must be one of {sorted(_METRICS)}, got {metric_name!r}")
         self.metric_name = metric_name
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,14 +146,7 @@ class SynthRADMetric(CumulativeIterationMetric):
             raise ValueError("y must hold the reference CT and the mask as two channels")
         pred = np.asarray(y_pred.detach().cpu(), dtype=np.float64)
         ref = np.asarray(y.detach().cpu(), dtype=np.float64)
-        fn = self._FUNCS[self.metric_name]
-        values = []
-        for p, r in zip(pred, ref):
-            gt, mask = r[0], r[1]
-            if self.metric_name in ("mae", "psnr"):
-                values.append(fn(np.where(mask == 0, HU_MIN, gt), np.where(mask == 0, HU_MIN, p[0]), mask))
-            else:
-                values.append(fn(gt, p[0], mask))
+        values = [image_metrics(r[0], p[0], r[1], names=(self.metric_name,))[self.metric_name] for p, r in zip(pred, ref)]
         return torch.tensor(values, dtype=torch.float32, device=y_pred.device)[:, None]
 
     def aggregate(self, reduction: str = "mean") -> torch.Tensor:
