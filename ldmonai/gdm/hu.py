@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 HU_MIN, HU_MAX = -1024.0, 3071.0
-__all__ = ["HU_MAX", "HU_MIN", "hu_to_unit", "unit_to_hu"]
+__all__ = ["HU_MAX", "HU_MIN", "hu_to_unit", "unit_to_hu", "window"]
 
 
 def hu_to_unit(hu):
