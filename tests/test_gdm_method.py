@@ -212,3 +212,24 @@ def test_checks_name_the_case():
     assert out["mask"].shape == (1, 16, 16, 16)
     with pytest.warns(UserWarning, match="P1: CT values span.*does not look like HU"):
         CheckCTPaird()(_pair(ct_offset=1024.0))
+
+
+def test_residual_generator_starts_as_identity_and_learns_a_correction():
+    from monai.networks.nets import UNet
+
+    from ldmonai.networks import ResidualGenerator
+
+    torch.manual_seed(0)
+    gen = ResidualGenerator(UNet(3, 2, 1, (4, 8), (2,), num_res_units=0))
+    x = torch.randn(2, 2, 8, 8, 8)
+    assert torch.equal(gen(x), x[:, :1])
+    target = x[:, :1] + 0.5
+    opt = torch.optim.Adam(gen.parameters(), 1e-2)
+    first = None
+    for _ in range(60):
+        loss = (gen(x) - target).abs().mean()
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first and float(gen.gate) != 0.0
