@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/convert.py
 	$(BIN)/python benchmarks/ldseg.py --dims 3 --size 64 --ddpm-measure 3 --repeats 1
 	$(BIN)/python benchmarks/prep.py
+	$(BIN)/python benchmarks/gdm.py
 
 clean:
 	rm -rf $(VENV) $(LABEL_VENV) demo_out .pytest_cache

@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.measure import cpu_name  # noqa: E402
+
 DEFAULT_IN = ROOT.parent / "shared" / "data" / "dcm_qa_nih" / "In"
 
 # Runs the command and prints its peak RSS (KiB) as the last line: RUSAGE_CHILDREN of a
@@ -33,16 +36,6 @@ WRAPPER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], s
            "sys.exit(r.returncode)")
 DICOM2NIFTI = ("import sys, dicom2nifti, dicom2nifti.settings as s; s.disable_validate_slice_increment(); "
                "dicom2nifti.convert_directory(sys.argv[1], sys.argv[2], compression=False, reorient=False)")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def tools(in_dir: Path) -> dict:

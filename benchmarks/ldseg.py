@@ -19,14 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.measure import PeakRSS, hardware  # noqa: E402
+
 PAPER = json.loads((ROOT / "bundles" / "ldseg" / "configs" / "paper.json").read_text())
 
 
@@ -53,31 +54,6 @@ def build(method: str, dims: int, steps: int):
         )
     ch = PAPER["unet_channels"]
     return DeterministicSegmenter(UNet(dims, 1, 4, ch, [2] * (len(ch) - 1), num_res_units=2), 4)
-
-
-class PeakRSS:
-    """Highest RSS of this process while the block runs, in MB above the RSS at entry."""
-
-    def __enter__(self):
-        import psutil
-
-        self._proc = psutil.Process()
-        self.base = self.peak = self._proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-        self.mb = (self.peak - self.base) / 2**20
 
 
 def worker(args) -> None:
@@ -118,14 +94,6 @@ def worker(args) -> None:
         "extrapolated": scale != 1.0, "peak_mb": peak_mb, "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
         "out_shape": probs_shape,
     }))
-
-
-def hardware(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ SHARED = ROOT.parent / "shared" / "data" / "ants_sample"
 THREADS = 2
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(THREADS))
 
-from benchmarks.convert import cpu_name  # noqa: E402
+from benchmarks.measure import cpu_name  # noqa: E402
 from ldmonai.prep import warps  # noqa: E402
 from ldmonai.prep.image import read_image  # noqa: E402
 from ldmonai.prep.registration import RegistrationSettings, label_dice, register  # noqa: E402

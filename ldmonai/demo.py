@@ -4,8 +4,9 @@ The sample DICOM comes from wheels that pip installs anyway: pydicom's DICOMDIR 
 and CR series with suffix-less file names) and compressed MR, and nibabel's Siemens DTI
 mosaic. They are copied (never modified) into ``demo_out/sample_dicom``, converted, and
 preprocessed (RAS, 1 mm, z-score, axial slices). The LDSeg bundle then trains its tiny
-preset on MNI152 tissue samples and segments held-out cases with uncertainty maps.
-``demo_out/overview.png`` puts the results side by side.
+preset on MNI152 tissue samples and segments held-out cases with uncertainty maps, and the
+GDM bundle trains its tiny preset on MR/CT head phantoms and synthesises CT for held-out
+cases. ``demo_out/overview.png`` puts the results side by side.
 """
 
 from __future__ import annotations
@@ -44,39 +45,74 @@ def stage_samples(dest: Path) -> Path:
     return dest
 
 
-def run_ldseg_demo(out: Path) -> int:
-    """Train the tiny 2D LDSeg bundle on MNI152 tissue samples, then segment the test cases.
+def _bundle_configs(name: str) -> Path | None:
+    configs = Path(__file__).resolve().parents[1] / "bundles" / name / "configs"
+    if not configs.is_dir():
+        print(f"{name} demo skipped: bundle configs not found at {configs} (run from a source checkout)")
+        return None
+    return configs
 
-    Runs through ``python -m monai.bundle run`` exactly as a user would; re-running resumes.
-    """
+
+def _run_bundle_steps(label: str, root: Path, steps: list[tuple[str, list[str]]]) -> int:
+    """Each step through ``python -m monai.bundle run`` exactly as a user would; re-running resumes."""
     import subprocess
     import sys
 
+    base = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(root)]
+    for what, args in steps:
+        print(f"{label}: {what} ...", flush=True)
+        proc = subprocess.run(base + args, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:])
+            return 1
+    return 0
+
+
+def run_ldseg_demo(out: Path) -> int:
+    """Train the tiny 2D LDSeg bundle on MNI152 tissue samples, then segment the test cases."""
     from ldmonai.data import make_tissue_dataset
 
-    configs = Path(__file__).resolve().parents[1] / "bundles" / "ldseg" / "configs"
-    if not configs.is_dir():
-        print(f"LDSeg demo skipped: bundle configs not found at {configs} (run from a source checkout)")
+    configs = _bundle_configs("ldseg")
+    if configs is None:
         return 0
     root = out / "ldseg"
     datalist = make_tissue_dataset(root / "data", 2, num_train=24, num_val=6, num_test=2, size=64, seed=0)
-    base = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(root)]
-    steps = [
+    status = _run_bundle_steps("LDSeg", root, [
         ("training tiny LDSeg (2D, 100 epochs, about a minute on 2 cores)",
          ["--config_file", str(configs / "train.json"), "--dataset_dir", str(root / "data"), "--epochs", "100",
           "--val_interval", "50"]),
         ("segmenting the test cases with 8 samples each",
          ["--config_file", str(configs / "inference.json"), "--input", str(datalist), "--output_dir", str(root / "inference")]),
-    ]
-    for what, args in steps:
-        print(f"LDSeg: {what} ...", flush=True)
-        proc = subprocess.run(base + args, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stderr[-2000:])
-            return 1
-    print(f"LDSeg weights: {root / 'models' / 'model.pt'}\nTensorBoard: tensorboard --logdir {root / 'runs'}\n"
-          f"Segmentations, uncertainty maps and PNG previews: {root / 'inference'}")
-    return 0
+    ])
+    if status == 0:
+        print(f"LDSeg weights: {root / 'models' / 'model.pt'}\nTensorBoard: tensorboard --logdir {root / 'runs'}\n"
+              f"Segmentations, uncertainty maps and PNG previews: {root / 'inference'}")
+    return status
+
+
+def run_gdm_demo(out: Path) -> int:
+    """Train the tiny GDM bundle on MR/CT head phantoms, then synthesise CT for the test cases."""
+    from ldmonai.data import make_mr_ct_phantoms
+
+    configs = _bundle_configs("gdm")
+    if configs is None:
+        return 0
+    root = out / "gdm"
+    data = root / "data" / "Task1"
+    if not data.is_dir():
+        make_mr_ct_phantoms(root / "data", num_cases=10, size=48, seed=0)
+    status = _run_bundle_steps("GDM", root, [
+        ("training tiny GDM on MR/CT head phantoms (50 epochs, about 2 minutes on 2 cores)",
+         ["--config_file", str(configs / "train.json"), "--dataset_dir", str(data), "--epochs", "50",
+          "--val_interval", "25"]),
+        ("synthesising CT for the test cases (one network evaluation per window)",
+         ["--config_file", str(configs / "inference.json"), "--input", str(data), "--output_dir", str(root / "inference")]),
+    ])
+    if status == 0:
+        print(f"GDM weights: {root / 'models' / 'model.pt'}\nTensorBoard: tensorboard --logdir {root / 'runs'}\n"
+              f"Synthetic CT (HU, on the MR grid) and PNG previews: {root / 'inference'}\n"
+              "The MR/CT pairs are phantoms made by ldmonai (MNI152-derived tissue classes), not patient data.")
+    return status
 
 
 PREP_STEPS = [
@@ -89,7 +125,8 @@ PREP_STEPS = [
 
 def write_overview(out: Path, max_rows: int = 4) -> Path | None:
     """One PNG: a few preprocessed sample slices on top, then the LDSeg previews
-    (image | segmentation | entropy | variance), each row scaled to the same height."""
+    (image | segmentation | entropy | variance) and the GDM previews (MR | synthetic CT |
+    CT), each row scaled to the same height."""
     import numpy as np
     from PIL import Image
 
@@ -106,7 +143,8 @@ def write_overview(out: Path, max_rows: int = 4) -> Path | None:
     lo, hi = len(slices) // 4, max(len(slices) // 4, 3 * len(slices) // 4 - 1)
     picks = [slices[i] for i in np.unique(np.linspace(lo, hi, 4).astype(int))] if slices else []
     rows = [panel([load(p) for p in picks])] if picks else []
-    rows += [load(p) for p in sorted((out / "ldseg" / "inference").glob("*_preview.png"))[:max_rows]]
+    for family in ("ldseg", "gdm"):
+        rows += [load(p) for p in sorted((out / family / "inference").glob("*_preview.png"))[:max_rows]]
     if not rows:
         return None
     width = max(r.shape[1] for r in rows)
@@ -128,7 +166,7 @@ def run_demo(out_dir: str | Path = "demo_out") -> int:
     prep = run_pipeline(PREP_STEPS, out / "nifti", out / "prep", workers=2)
     print(prep.summary())
     print(f"Preprocessed volumes and axial slices (PNG + NIfTI): {out / 'prep'}\n")
-    status = run_ldseg_demo(out)
+    status = max(run_ldseg_demo(out), run_gdm_demo(out))
     overview = write_overview(out)
     if overview:
         print(f"\nOverview: {overview}")

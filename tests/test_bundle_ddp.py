@@ -16,11 +16,20 @@ import pytest
 import torch
 
 from conftest import free_port
-from ldmonai.data import make_tissue_dataset
+from ldmonai.data import make_mr_ct_phantoms, make_tissue_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "bundles" / "ldseg" / "configs"
 pytestmark = pytest.mark.slow
+
+
+def ldseg_data(root: Path) -> list:
+    make_tissue_dataset(root, 2, num_train=8, num_val=2, size=32, seed=0)
+    return ["--batch_size", 2, "--patch_size", 32]
+
+
+def gdm_data(root: Path) -> list:
+    make_mr_ct_phantoms(root, num_cases=12, size=32, seed=0)  # 8 training, 2 validation, 2 test cases
+    return ["--batch_size", 2]
 
 
 def torchrun(configs, *args):
@@ -33,8 +42,10 @@ def torchrun(configs, *args):
     return proc
 
 
-def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
-    make_tissue_dataset(tmp_path / "data", 2, num_train=8, num_val=2, size=32, seed=0)
+@pytest.mark.parametrize("bundle, make_data", [("ldseg", ldseg_data), ("gdm", gdm_data)])
+def test_two_gloo_ranks_end_with_identical_weights(tmp_path, bundle, make_data):
+    configs = ROOT / "bundles" / bundle / "configs"
+    data_args = make_data(tmp_path / "data")
     # Test-only addition: each rank writes its final weights, so they can be compared.
     dump = tmp_path / "dump_weights.json"
     dump.write_text(json.dumps({"finalize": [
@@ -43,9 +54,9 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
         "$dist.destroy_process_group()",
     ]}))
     runs = tmp_path / "runs"
-    proc = torchrun([CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json", dump],
+    proc = torchrun([configs / "train.json", configs / "multi_gpu_train.json", dump],
                     "--bundle_root", tmp_path, "--dataset_dir", tmp_path / "data", "--output_dir", runs,
-                    "--epochs", 2, "--val_interval", 2, "--batch_size", 2, "--patch_size", 32)
+                    "--ckpt_dir", tmp_path / "models", "--epochs", 2, "--val_interval", 2, *data_args)
     rank0 = torch.load(runs / "rank0.pt", weights_only=True)
     rank1 = torch.load(runs / "rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys()
@@ -55,7 +66,7 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train.json"))
+    parser.read_config(str(configs / "train.json"))
     torch.manual_seed(0)
     fresh = parser.get_parsed_content("network_def").state_dict()
     assert any(not torch.equal(fresh[k], rank0[k]) for k in rank0 if rank0[k].is_floating_point())

@@ -1,8 +1,10 @@
-"""MONAI Label serves the LDSeg bundle: a real ``monailabel start_server`` and a real HTTP client.
+"""MONAI Label serves the LDSeg and GDM bundles: a real ``monailabel start_server`` and a real HTTP client.
 
 The server runs MONAI Label's own, unmodified ``monaibundle`` sample app (copied out of the
 installed wheel by ``monailabel apps --download``, which reads no network) with a packed
-3D LDSeg bundle in its ``model/`` folder and a studies folder of NIfTI volumes.
+3D LDSeg bundle (segmentation with uncertainty) and the GDM MRI-to-CT bundle (image to
+image: the result is a synthetic CT in HU) in its ``model/`` folder, and a studies folder
+of NIfTI volumes.
 
 MONAI Label lives in ``.venv-label`` (``make label-env``): monailabel imports torchvision,
 and the registry has no CPU-only torchvision wheel, so that environment holds the CUDA
@@ -62,6 +64,23 @@ def oblique_volume(path: Path, shape, seed: int) -> np.ndarray:
     return affine
 
 
+def oblique_head(path: Path, work: Path) -> np.ndarray:
+    """The project's head phantom MR (air around a head) with an oblique affine, for GDM."""
+    import SimpleITK as sitk
+
+    from ldmonai.data import make_mr_ct_phantoms
+
+    make_mr_ct_phantoms(work, num_cases=1, size=40, seed=3)
+    mr = sitk.GetArrayFromImage(sitk.ReadImage(str(next(work.rglob("mr.mha"))))).transpose(2, 1, 0)
+    angle = np.deg2rad(8)  # a permuted, tilted axis set with anisotropic voxels, as scanners write
+    rot = np.array([[0, -np.cos(angle), np.sin(angle)], [1, 0, 0], [0, np.sin(angle), np.cos(angle)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([1.0, 1.1, 1.3])
+    affine[:3, 3] = [40.0, -12.5, 3.0]
+    nib.save(nib.Nifti1Image(mr.astype(np.float32), affine), path)
+    return affine
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     python = label_env()
@@ -84,26 +103,27 @@ def server(tmp_path_factory):
 
     from ldmonai.bundle import pack_bundle
 
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "bundles" / "ldseg" / "configs" / "inference.json"))
-    parser["spatial_dims"] = 3
-    parser["device"] = "$torch.device('cpu')"
-    torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "model.pt")
-    pack_bundle(ROOT / "bundles" / "ldseg", app / "model" / "ldseg_3d", {"spatial_dims": 3}, weights=root / "model.pt")
+    for name, bundle, overrides in [("ldseg_3d", "ldseg", {"spatial_dims": 3}), ("gdm_mri2ct", "gdm", {})]:
+        parser = ConfigParser()
+        parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.json"))
+        parser.update({**overrides, "device": "$torch.device('cpu')"})
+        torch.manual_seed(0)
+        torch.save(parser.get_parsed_content("network_def").state_dict(), root / f"{name}.pt")
+        pack_bundle(ROOT / "bundles" / bundle, app / "model" / name, overrides, weights=root / f"{name}.pt")
 
     studies = root / "studies"
     studies.mkdir()
     affines = {
         "case_a": oblique_volume(studies / "case_a.nii.gz", (40, 36, 24), 1),
         "case_b": oblique_volume(studies / "case_b.nii.gz", (32, 32, 32), 2),
+        "head_c": oblique_head(studies / "head_c.nii.gz", root / "phantom"),
     }
     port = free_port()
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [python.parent / "monailabel", "start_server", "--app", app, "--studies", studies,
          "--host", "127.0.0.1", "--port", str(port),
-         "--conf", "models", "ldseg_3d", "--conf", "zoo_source", "github", "--conf", "skip_trainers", "true",
+         "--conf", "models", "ldseg_3d,gdm_mri2ct", "--conf", "zoo_source", "github", "--conf", "skip_trainers", "true",
          "--conf", "sam2", "false", "--conf", "preload", "false"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     url = f"http://127.0.0.1:{port}"
@@ -129,11 +149,13 @@ def server(tmp_path_factory):
         log.close()
 
 
-def test_info_lists_the_bundle(server):
+def test_info_lists_the_bundles(server):
     info = requests.get(f"{server['url']}/info/", timeout=30).json()
     model = info["models"]["ldseg_3d"]
     assert model["type"] == "segmentation" and model["dimension"] == 3
     assert model["labels"] == {"csf": 1, "grey_matter": 2, "white_matter": 3}
+    # MONAI Label has no image-to-image task type; the bundle app lists GDM under its default.
+    assert info["models"]["gdm_mri2ct"]["dimension"] == 3
     # The sample app runs as shipped: its files equal the wheel's copy byte for byte.
     shipped = LABEL_VENV / "monailabel" / "sample-apps" / "monaibundle"
     for rel in server["pristine"]:
@@ -160,3 +182,21 @@ def test_infer_returns_label_on_input_grid(server, case, tmp_path):
     unc = result["uncertainty"]
     assert set(unc) == {"entropy", "variance"}
     assert 0.0 <= unc["entropy"]["all"] <= np.log(4) + 1e-5 and unc["variance"]["all"] >= 0.0
+
+
+@pytest.mark.parametrize("case", ["head_c", "case_b"])
+def test_gdm_returns_hu_volume_on_input_grid(server, case, tmp_path):
+    r = requests.post(f"{server['url']}/infer/gdm_mri2ct", params={"image": case, "output": "image"},
+                      data={"params": "{}"}, timeout=600)
+    assert r.status_code == 200, r.text[:2000]
+    out = tmp_path / "sct.nii.gz"
+    out.write_bytes(r.content)
+    sct = nib.load(out)
+    assert sct.shape == nib.load(server["studies"] / f"{case}.nii.gz").shape
+    np.testing.assert_allclose(sct.affine, server["affines"][case], atol=1e-4)
+    values = np.asarray(sct.dataobj, dtype=np.float32)
+    assert np.isfinite(values).all() and values.min() >= -1024 and values.max() <= 3071, (values.min(), values.max())
+    if case == "head_c":  # air around the head: the generator's output is replaced by -1024 HU there
+        assert values[0, 0, 0] == -1024 and values[-1, -1, -1] == -1024
+    # The bundle folder stays clean: previews are a bundle-run extra, not a server side effect.
+    assert not list((server["app"] / "model" / "gdm_mri2ct").rglob("*.png"))

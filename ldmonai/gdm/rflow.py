@@ -62,7 +62,9 @@ class RFlowTranslator(nn.Module):
             norm_num_groups=norm_num_groups,
             num_head_channels=num_head_channels,
         )
-        self.scheduler = RFlowScheduler(num_train_timesteps=num_train_timesteps, spatial_dim=spatial_dims)
+        # RFlowScheduler is an nn.Module whose __init__ (MONAI 1.6.1) skips Module.__init__, so
+        # registering it as a child breaks .to() and state_dict(); it holds no weights anyway.
+        object.__setattr__(self, "scheduler", RFlowScheduler(num_train_timesteps=num_train_timesteps, spatial_dim=spatial_dims))
         self.out_channels = out_channels
         self.num_inference_steps = num_inference_steps
 
