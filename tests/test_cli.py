@@ -50,6 +50,10 @@ def test_demo_converts_the_embedded_samples(tmp_path):
     inference = tmp_path / "demo" / "ldseg" / "inference"
     assert len(list(inference.glob("*_seg.nii.gz"))) == 2 and len(list(inference.glob("*_preview.png"))) == 2
     assert (tmp_path / "demo" / "ldseg" / "models" / "model.pt").exists()
+    # The GDM part trains on the phantoms and synthesises CT for the two held-out cases only.
+    sct = sorted((tmp_path / "demo" / "gdm" / "inference").glob("*_sct.nii.gz"))
+    assert [p.name for p in sct] == ["HPH008_sct.nii.gz", "HPH009_sct.nii.gz"], sct
+    assert (tmp_path / "demo" / "overview.png").is_file()
     again = run("demo", "--out-dir", str(tmp_path / "demo"))  # resumes: nothing to redo
     assert again.returncode == 0 and "0 series converted" in again.stdout
 
