@@ -57,7 +57,8 @@ def denoise(
             ``(B,)``; returns the network output the scheduler expects.
         sample: ``(B, C, *S)`` the starting noise x_T.
         num_inference_steps: number of reverse steps (10 to 15 for DDIM, up to T for DDPM).
-        generator: random source for stochastic steps (DDPM, DDIM with eta > 0).
+        generator: random source for stochastic steps (DDPM, DDIM with eta > 0); leave it out
+            for deterministic schedulers such as PNDM.
         progress: show a progress bar.
 
     Returns:
@@ -77,5 +78,6 @@ def denoise(
         if rflow:
             sample, _ = scheduler.step(output, t, sample, t_next)
         else:
-            sample, _ = scheduler.step(output, t, sample, generator=generator)
+            # deterministic schedulers (PNDM) take no generator
+            sample, _ = scheduler.step(output, t, sample, **({"generator": generator} if generator is not None else {}))
     return sample
