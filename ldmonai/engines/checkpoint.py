@@ -35,6 +35,22 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def read_torch_file(path: str | os.PathLike, what: str, fix: str):
+    """``torch.load(path, weights_only=True)`` on CPU, or one clear error naming the file.
+
+    Any failure (missing, truncated, not a torch file, pickled code that ``weights_only``
+    refuses) means the same to the user: this file cannot be used as ``what``.
+    """
+    from ldmonai.errors import LdmonaiError
+
+    if not os.path.isfile(path):
+        raise LdmonaiError(f"{what} not found", path, fix)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise LdmonaiError(f"cannot read {what} ({type(err).__name__})", path, fix) from None
+
+
 def require_checkpoint(path: str | os.PathLike) -> str:
     """``path`` if it exists, else a clear error saying how to produce the weights."""
     from ldmonai.errors import LdmonaiError

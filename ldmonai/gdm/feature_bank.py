@@ -153,12 +153,9 @@ class StagedEncoder(_Frozen):
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a local file, safely (``weights_only``), unwrapped from common wrappers."""
-    if not os.path.isfile(path):
-        raise LdmonaiError("encoder checkpoint not found", path, "pass the local path of a saved state dict")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise LdmonaiError("cannot read encoder checkpoint", path, f"it must be a torch state dict ({type(err).__name__})") from None
+    from ldmonai.engines.checkpoint import read_torch_file
+
+    state = read_torch_file(path, "encoder checkpoint", "pass the local path of a saved torch state dict")
     for key in ("state_dict", "network", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

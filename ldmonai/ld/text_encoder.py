@@ -1,0 +1,152 @@
+"""Text encoders for LD's cross-attention: the toolkit's own small one, or CLIP from a local folder.
+
+Both give ``encoder(prompts) -> (B, L, D)`` context and support learned tokens
+(``add_tokens``), which Textual Inversion, Custom Diffusion and DreamBooth identifiers need.
+Learned tokens live in their own parameter, apart from the pretrained table, so that a
+scheme that trains only them cannot move any other embedding (not even through weight decay).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldmonai.errors import LdmonaiError
+
+__all__ = ["TinyTextEncoder", "WordTokenizer", "load_learned_tokens", "save_learned_tokens"]
+
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+class WordTokenizer:
+    """Lower-case word tokenizer with a fixed vocabulary; unknown words map to ``<unk>``."""
+
+    def __init__(self, vocabulary: Sequence[str], max_length: int = 32) -> None:
+        words = [w for w in dict.fromkeys(w.lower() for w in vocabulary) if w not in SPECIALS]
+        self.words = list(SPECIALS) + words
+        self.index = {w: i for i, w in enumerate(self.words)}
+        self.max_length = max_length
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        return re.findall(r"<[^>\s]+>|[\w'-]+|[^\w\s]", text.lower())
+
+    def add(self, word: str) -> int:
+        word = word.lower()
+        if word not in self.index:
+            self.index[word] = len(self.words)
+            self.words.append(word)
+        return self.index[word]
+
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        """``(B, max_length)`` token ids: ``<bos> words... <eos> <pad>...``, truncated."""
+        unk = self.index["<unk>"]
+        rows = []
+        for p in prompts:
+            ids = [self.index.get(w, unk) for w in self.split(p)][: self.max_length - 2]
+            ids = [1, *ids, 2]
+            rows.append(ids + [0] * (self.max_length - len(ids)))
+        return torch.tensor(rows, dtype=torch.long)
+
+
+class TinyTextEncoder(nn.Module):
+    """Word embeddings, learned positions and a small Transformer encoder.
+
+    The offline stand-in for CLIP's text model in tests and the demo: same interface, a
+    vocabulary of the prompt templates' words.
+
+    Args:
+        vocabulary: words the tokenizer knows.
+        dim: context width ``D`` (the UNet's ``cross_attention_dim``).
+        num_layers, num_heads: the Transformer encoder.
+        max_length: ``L``.
+
+    ``forward(prompts)`` -> ``(B, L, D)``.
+    """
+
+    def __init__(self, vocabulary: Sequence[str], dim: int = 64, num_layers: int = 2, num_heads: int = 4,
+                 max_length: int = 32) -> None:
+        super().__init__()
+        self.tokenizer = WordTokenizer(vocabulary, max_length)
+        self.token_embedding = nn.Embedding(len(self.tokenizer), dim)
+        self.learned_embedding = nn.Parameter(torch.zeros(0, dim))
+        self.position = nn.Parameter(torch.randn(max_length, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, num_heads, dim * 4, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.num_base = len(self.tokenizer)
+
+    @property
+    def dim(self) -> int:
+        return self.token_embedding.embedding_dim
+
+    @property
+    def learned_tokens(self) -> list[str]:
+        return self.tokenizer.words[self.num_base :]
+
+    def add_tokens(self, words: Sequence[str], initializer: str | None = None) -> list[int]:
+        """Add learned tokens (``<sks>``, a TI placeholder); returns their ids.
+
+        New rows start from ``initializer``'s embedding (a word the vocabulary has, as Textual
+        Inversion does) or from small random values. Build the optimizer afterwards.
+        """
+        new = [w.lower() for w in words if w.lower() not in self.tokenizer.index]
+        if initializer is not None and initializer.lower() not in self.tokenizer.index:
+            raise LdmonaiError(f"initializer word {initializer!r} is not in the vocabulary", None, "pick a word the prompts use")
+        if new:
+            with torch.no_grad():
+                if initializer is not None:
+                    rows = self.token_embedding.weight[self.tokenizer.index[initializer.lower()]].expand(len(new), -1).clone()
+                else:
+                    rows = torch.randn(len(new), self.dim) * self.token_embedding.weight.std()
+                rows = rows.to(self.learned_embedding)
+                self.learned_embedding = nn.Parameter(torch.cat([self.learned_embedding.detach(), rows]))
+            for w in new:
+                self.tokenizer.add(w)
+        return [self.tokenizer.index[w.lower()] for w in words]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([self.token_embedding.weight, self.learned_embedding], dim=0)
+        return F.embedding(ids, table)
+
+    def forward(self, prompts: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        ids = prompts if isinstance(prompts, torch.Tensor) else self.tokenizer(prompts)
+        ids = ids.to(self.position.device)
+        x = self.embed(ids) + self.position[: ids.shape[1]]
+        return self.norm(self.encoder(x, src_key_padding_mask=ids == 0))
+
+
+def save_learned_tokens(encoder: TinyTextEncoder, path: str | os.PathLike) -> Path:
+    """The small artifact of Textual Inversion: learned token names and their embeddings."""
+    from ldmonai.engines.checkpoint import atomic_torch_save
+
+    return atomic_torch_save({"tokens": encoder.learned_tokens, "embeddings": encoder.learned_embedding.detach().cpu()}, path)
+
+
+def load_learned_tokens(encoder: TinyTextEncoder, path: str | os.PathLike) -> list[str]:
+    """Add the tokens saved by :func:`save_learned_tokens` to ``encoder`` with their embeddings."""
+    from ldmonai.engines.checkpoint import read_torch_file
+
+    fix = "pass a file written by save_learned_tokens"
+    state = read_torch_file(path, "learned-token file", fix)
+    if not isinstance(state, dict) or not {"tokens", "embeddings"} <= set(state):
+        raise LdmonaiError("not a learned-token file", path, fix)
+    tokens, emb = list(state["tokens"]), state["embeddings"]
+    if emb.ndim != 2 or emb.shape != (len(tokens), encoder.dim):
+        raise LdmonaiError(f"embeddings of shape {tuple(emb.shape)} do not fit {len(tokens)} tokens of width {encoder.dim}",
+                           path, "load it into the text encoder it was trained with")
+    ids = encoder.add_tokens(tokens)
+    with torch.no_grad():
+        table = encoder.learned_embedding
+        for tok_id, row in zip(ids, emb):
+            table[tok_id - encoder.num_base] = row.to(table)
+    return tokens
