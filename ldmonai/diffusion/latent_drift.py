@@ -125,3 +125,7 @@ class LatentDriftScheduler:
         prev = out.prev_sample  # diffusers SchedulerOutput
         out.prev_sample = prev + self.shift_like(prev)
         return out
+
+    def reversed_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> Any:
+        """DDIM inversion of one drifted step: remove δ, then the wrapped ``reversed_step``."""
+        return self.scheduler.reversed_step(model_output, timestep, sample - self.shift_like(sample))

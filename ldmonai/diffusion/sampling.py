@@ -81,3 +81,41 @@ def denoise(
             # deterministic schedulers (PNDM) take no generator
             sample, _ = scheduler.step(output, t, sample, **({"generator": generator} if generator is not None else {}))
     return sample
+
+
+def invert(
+    scheduler: Scheduler,
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sample: torch.Tensor,
+    num_inference_steps: int,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DDIM inversion: the z_T from which :func:`denoise` (DDIM, eta 0) returns ``sample``.
+
+    Each forward step at ``t`` maps z_t to z_{t - T/n}; it is undone with the scheduler's
+    ``reversed_step`` from ``t - T/n`` to ``t``, with ε_θ evaluated at ``t`` on the lower-noise
+    latent (the usual approximation, exact when ε_θ varies slowly). A
+    :class:`~ldmonai.diffusion.latent_drift.LatentDriftScheduler` removes its δ per step.
+
+    Args:
+        scheduler: a MONAI ``DDIMScheduler``, possibly inside a latent drift wrapper.
+        model_fn, num_inference_steps: as for :func:`denoise`, which this undoes.
+        sample: ``(B, C, *S)`` clean latent z_0.
+
+    Returns:
+        ``(B, C, *S)`` the inverted start z_T.
+    """
+    scheduler.set_timesteps(num_inference_steps, device=sample.device)
+    ratio = scheduler.num_train_timesteps // scheduler.num_inference_steps
+    for t in tqdm([int(t) for t in reversed(scheduler.timesteps)], desc="inverting", leave=False, disable=not progress):
+        t_batch = torch.full((sample.shape[0],), t, device=sample.device, dtype=torch.long)
+        eps = model_fn(sample, t_batch)
+        if t - ratio >= 0:
+            sample, _ = scheduler.reversed_step(eps, t - ratio, sample)
+        else:
+            # the last DDIM step ends at alpha = 1 (no noise), which reversed_step cannot index;
+            # a zero-noise step back to t is the forward process with ε_θ as the noise
+            x0 = sample - (scheduler.shift_like(sample) if hasattr(scheduler, "shift_like") else 0)
+            abar = scheduler.alphas_cumprod.to(sample.device)[t]
+            sample = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    return sample

@@ -69,9 +69,13 @@ class LatentDiffusion(nn.Module):
             raise LdmonaiError("images contain NaN or infinity", None, "check the slices")
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Scaled latents: the posterior mean, or a draw from it with ``sample=True`` (training)."""
         self.check_images(images)
-        return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
+        if sample:
+            return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
+        z_mu, _ = self.autoencoder.encode(images)
+        return z_mu * self.scale_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
