@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.measure import PeakRSS, hardware  # noqa: E402
+from benchmarks.measure import PeakRSS, add_worker_arguments, hardware, parse_worker_arguments  # noqa: E402
 
 CONFIGS = ROOT / "bundles" / "gdm" / "configs"
 ITERATIONS_PER_EPOCH = 16
@@ -136,17 +136,10 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=1600, help="training iterations per model (batch 2, 32^3 patches)")
     p.add_argument("--work", help="working folder (default: a new temporary folder)")
     p.add_argument("--reuse", action="store_true", help="keep phantoms and trained weights already in --work")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    add_worker_arguments(p)
     p.add_argument("--val-fraction", type=float, default=0.2, help=argparse.SUPPRESS)
     p.add_argument("--test-fraction", type=float, default=0.2, help=argparse.SUPPRESS)
-    p.add_argument("--method", help=argparse.SUPPRESS)
-    p.add_argument("--json", help="also write the results here")
-    args = p.parse_args()
-    if args.device is None:
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args = parse_worker_arguments(p)
     if args.method:
         return worker(args)
 

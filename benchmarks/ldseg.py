@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.measure import PeakRSS, hardware  # noqa: E402
+from benchmarks.measure import PeakRSS, add_worker_arguments, hardware, parse_worker_arguments  # noqa: E402
 
 PAPER = json.loads((ROOT / "bundles" / "ldseg" / "configs" / "paper.json").read_text())
 
@@ -103,15 +102,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1, help="samples per image (same for every method)")
     p.add_argument("--ddpm-measure", type=int, default=1000, help="DDPM steps actually run (scaled to 1000)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--method", help=argparse.SUPPRESS)
-    p.add_argument("--json", help="also write the results here")
-    args = p.parse_args()
-    if args.device is None:
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    add_worker_arguments(p)
+    args = parse_worker_arguments(p)
     if args.method:
         return worker(args)
 

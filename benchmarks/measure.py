@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import threading
@@ -54,3 +55,21 @@ class PeakRSS:
         self._thread.join()
         self.peak = max(self.peak, self._proc.memory_info().rss)
         self.mb = (self.peak - self.base) / 2**20
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --threads, --json and the hidden --method that runs one method in a child process
+    (each method in its own process, so that the peak memory measured is its own)."""
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the results here")
+
+
+def parse_worker_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
