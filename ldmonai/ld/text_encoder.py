@@ -1,9 +1,10 @@
-"""Text encoders for LD's cross-attention: the toolkit's own small one, or CLIP from a local folder.
+"""The toolkit's own small text encoder for LD's cross-attention, and learned-token artifacts.
 
-Both give ``encoder(prompts) -> (B, L, D)`` context and support learned tokens
-(``add_tokens``), which Textual Inversion, Custom Diffusion and DreamBooth identifiers need.
-Learned tokens live in their own parameter, apart from the pretrained table, so that a
-scheme that trains only them cannot move any other embedding (not even through weight decay).
+``encoder(prompts) -> (B, L, D)`` context, with learned tokens (``add_tokens``) for Textual
+Inversion, Custom Diffusion and DreamBooth identifiers. A CLIP text model loaded from a
+local folder is to plug in behind the same interface (not built yet). Learned tokens live in
+their own parameter, apart from the pretrained table, so that a scheme that trains only them
+cannot move any other embedding (not even through weight decay).
 """
 
 from __future__ import annotations
