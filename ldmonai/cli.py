@@ -186,6 +186,14 @@ def _run_tissue(args) -> int:
     return 0
 
 
+def _run_phantoms(args) -> int:
+    from ldmonai.data import make_mr_ct_phantoms
+
+    make_mr_ct_phantoms(args.out_dir, num_cases=args.cases, size=args.size, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {args.cases} MR/CT phantom pairs under {args.out_dir}/Task1/HN (phantoms, not patient data)")
+    return 0
+
+
 def _command_group(top, name: str, help: str, description: str, dest: str):
     """A subcommand that only holds further subcommands, one of which is required."""
     group = top.add_parser(name, help=help, description=description)
@@ -215,6 +223,21 @@ def _add_data(top) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_tissue)
+    p = data_sub.add_parser(
+        "phantoms", help="paired MR/CT head phantoms in the SynthRAD2025 layout (GDM's sample data)",
+        description="Write paired MR and CT head phantoms with body masks (ROBEX head template, tissue classes "
+                    "turned into MR intensities and CT numbers) as Task1/HN/<case>/{mr,ct,mask}.mha. They are "
+                    "phantoms, not patient data.",
+        epilog="examples:\n  ldmonai data phantoms data --cases 12 --size 48\n"
+               "then: python -m monai.bundle run --config_file bundles/gdm/configs/train.json "
+               "--bundle_root bundles/gdm --dataset_dir data/Task1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (Task1/ is created inside)")
+    p.add_argument("--cases", type=_positive_int, default=12, help="number of cases (default: 12)")
+    p.add_argument("--size", type=_positive_int, default=48, help="grid size per axis (default: 48)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_phantoms)
 
 
 def _setting(text: str) -> tuple[str, str]:

@@ -86,3 +86,14 @@ def test_bundle_pack(tmp_path, capsys):
     assert cli(["bundle", "pack", str(bundle), str(dest)]) == 1
     assert "destination exists" in capsys.readouterr().err
     assert (dest / "models" / "model.pt").is_file()  # a refused pack leaves the old copy alone
+
+
+def test_data_phantoms_writes_the_synthrad_layout(tmp_path, capsys):
+    """The command GDM's models/large_files.yml tells users to run."""
+    from ldmonai.cli import main as cli
+
+    assert cli(["data", "phantoms", str(tmp_path), "--cases", "3", "--size", "24", "--quiet"]) == 0
+    cases = sorted(p.name for p in (tmp_path / "Task1" / "HN").iterdir())
+    assert len(cases) == 3 and all((tmp_path / "Task1" / "HN" / c / f).is_file() for c in cases
+                                   for f in ("mr.mha", "ct.mha", "mask.mha"))
+    assert "phantoms, not patient data" in capsys.readouterr().out

@@ -51,6 +51,19 @@ def read_torch_file(path: str | os.PathLike, what: str, fix: str):
         raise LdmonaiError(f"cannot read {what} ({type(err).__name__})", path, fix) from None
 
 
+def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A state dict from a local file, safely (``weights_only``), unwrapped from common wrappers."""
+    state = read_torch_file(path, what, "pass the local path of a saved torch state dict")
+    for key in ("state_dict", "network", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        from ldmonai.errors import LdmonaiError
+
+        raise LdmonaiError(f"{what} is not a state dict of tensors", path, "save it with torch.save(model.state_dict(), path)")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def require_checkpoint(path: str | os.PathLike) -> str:
     """``path`` if it exists, else a clear error saying how to produce the weights."""
     from ldmonai.errors import LdmonaiError

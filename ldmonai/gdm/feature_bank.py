@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldmonai.engines.checkpoint import load_state_dict
 from ldmonai.errors import LdmonaiError
 from ldmonai.gdm.hu import window
 
@@ -110,7 +111,7 @@ class StagedEncoder(_Frozen):
         super().__init__()
         self.network = network
         if checkpoint is not None:
-            state = load_state_dict(checkpoint)
+            state = load_state_dict(checkpoint, "encoder checkpoint")
             try:
                 network.load_state_dict(state, strict=strict)
             except RuntimeError as err:
@@ -151,17 +152,6 @@ class StagedEncoder(_Frozen):
         return out
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a local file, safely (``weights_only``), unwrapped from common wrappers."""
-    from ldmonai.engines.checkpoint import read_torch_file
-
-    state = read_torch_file(path, "encoder checkpoint", "pass the local path of a saved torch state dict")
-    for key in ("state_dict", "network", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-
-
 class AstraInput(nn.Module):
     """Unit-range CT -> the Astra/Merlin backbone's input: the [-1000, 1000] HU window on
     [0, 1], depth axis first (its first convolution is 3 x 7 x 7 along z, x, y), 3 channels."""
@@ -200,7 +190,7 @@ def astra_encoder(weights: str | os.PathLike | None = None, stages: Sequence[str
         block="bottleneck", layers=[3, 8, 36, 3], block_inplanes=[64, 128, 256, 512], spatial_dims=3,
         n_input_channels=3, conv1_t_size=(3, 7, 7), conv1_t_stride=(1, 2, 2), feed_forward=False,
     )
-    state = load_state_dict(weights)
+    state = load_state_dict(weights, "encoder checkpoint")
     for name, value in net.state_dict().items():
         if name.endswith("downsample.0.bias") and name not in state:
             state[name] = torch.zeros_like(value)
