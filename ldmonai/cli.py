@@ -194,6 +194,23 @@ def _run_phantoms(args) -> int:
     return 0
 
 
+def _run_natural(args) -> int:
+    from ldmonai.data import make_natural_slices
+
+    path = make_natural_slices(args.out_dir, num_images=args.images, size=args.size, seed=args.seed)
+    print(f"wrote {args.images} natural-photo crops; datalist: {path}")
+    return 0
+
+
+def _run_brain_slices(args) -> int:
+    from ldmonai.data import make_brain_slices
+
+    path = make_brain_slices(args.out_dir, num_slices=args.slices, size=args.size, seed=args.seed,
+                             volumes=args.volume, images=args.image, prompt=args.prompt)
+    print(f"wrote brain slices; datalist: {path}")
+    return 0
+
+
 def _command_group(top, name: str, help: str, description: str, dest: str):
     """A subcommand that only holds further subcommands, one of which is required."""
     group = top.add_parser(name, help=help, description=description)
@@ -238,6 +255,34 @@ def _add_data(top) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_phantoms)
+    p = data_sub.add_parser(
+        "natural", help="grey crops of scikit-image's sample photos with captions (LD's pretraining data)",
+        description="Write random grey-level crops of the photos in the scikit-image wheel, captioned "
+                    "'a photo of <subject>', and a datalist.json: the general-domain data of LD's pretraining.",
+        epilog="examples:\n  ldmonai data natural data/natural --images 256 --size 32\n"
+               "then: python -m monai.bundle run --config_file \"['bundles/ld_slice_generator/configs/train.json',"
+               "'bundles/ld_slice_generator/configs/pretrain.json']\" --bundle_root bundles/ld_slice_generator",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    p.add_argument("--images", type=_positive_int, default=256, help="number of crops (default: 256)")
+    p.add_argument("--size", type=_positive_int, default=32, help="crop size in pixels (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    p.set_defaults(func=_run_natural)
+    p = data_sub.add_parser(
+        "brain-slices", help="axial brain slices of the MNI152 template (and your volumes) with prompts",
+        description="Write axial slices of the MNI152 2009 T1 template (nilearn wheel) with small random affine "
+                    "changes, plus central slices of any --volume and any --image, with one prompt, and a datalist.json.",
+        epilog="examples:\n  ldmonai data brain-slices data/brain_slices --slices 64 --size 32\n"
+               "  ldmonai data brain-slices data/brain --volume colin27_t1.nii.gz --image slice1.png --size 64",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    p.add_argument("--slices", type=_positive_int, default=64, help="template slices (default: 64)")
+    p.add_argument("--size", type=_positive_int, default=32, help="slice size in pixels (default: 32)")
+    p.add_argument("--volume", action="append", default=[], help="a 3D NIfTI whose central axial slices are added (repeatable)")
+    p.add_argument("--image", action="append", default=[], help="a 2D image added as it is (repeatable)")
+    p.add_argument("--prompt", default="a brain mri of a brain", help="the prompt of every slice")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    p.set_defaults(func=_run_brain_slices)
 
 
 def _setting(text: str) -> tuple[str, str]:

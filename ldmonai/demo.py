@@ -105,9 +105,9 @@ def run_gdm_demo(out: Path) -> int:
     data = root / "data" / "datalist.json"
     atomic_write_json(data, synthrad_datalist(root / "data", val_fraction=0.2, test_fraction=0.2))
     status = _run_bundle_steps("GDM", root, [
-        ("training tiny GDM on MR/CT head phantoms (100 epochs, about 3 minutes on 2 cores)",
-         ["--config_file", str(configs / "train.json"), "--dataset_dir", str(data), "--epochs", "100",
-          "--val_interval", "50"]),
+        ("training tiny GDM on MR/CT head phantoms (40 epochs, about a minute on 2 cores)",
+         ["--config_file", str(configs / "train.json"), "--dataset_dir", str(data), "--epochs", "40",
+          "--val_interval", "20"]),
         ("synthesising CT for the test cases (one network evaluation per window)",
          ["--config_file", str(configs / "inference.json"), "--input", str(data), "--output_dir", str(root / "inference")]),
     ])

@@ -3,9 +3,12 @@
 - layout of the specification and the model-zoo bundles;
 - ``verify_metadata`` against tests/bundle/meta_schema.json (a local copy: the official
   schema is a release download, and tests never use the network);
-- ``verify_net_in_out`` on the bundle network, and on the denoiser with a timestep
-  through ``extra_forward_args``;
-- ``ckpt_export`` to TorchScript. LDSeg does not script: MONAI's ``DiffusionModelUNet``
+- ``verify_net_in_out`` on the bundle network, and on the denoisers with a timestep (and
+  LD's text context) through ``extra_forward_args``. LD's bundle network is the whole
+  text-to-image model, whose forward takes slices and prompts, so its check is the denoiser's;
+- ``ckpt_export`` to TorchScript. LD is not exported: its denoiser takes a latent, a
+  timestep and a text context, which ``ckpt_export``'s single ``input_shape`` cannot
+  describe, and its text encoder takes strings. LDSeg does not script: MONAI's ``DiffusionModelUNet``
   and the scheduler loop are Python that TorchScript's compiler rejects (untyped
   ``nn.Module`` attributes, keyword-only calls). It traces: the 10 DDIM steps unroll into
   the graph and the start noise stays a random op, so the export is checked against the
@@ -78,7 +81,11 @@ def test_verify_metadata_against_local_schema(bundle, tmp_path):
     assert proc.returncode != 0 and "channel_def" in proc.stderr
 
 
-@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+# bundles whose network_def takes one plain tensor (LD's takes slices and prompts)
+PLAIN_TENSOR = [b for b in BUNDLES if b.name != "ld_slice_generator"]
+
+
+@pytest.mark.parametrize("bundle", PLAIN_TENSOR, ids=lambda p: p.name)
 def test_verify_net_in_out(bundle):
     configs = bundle / "configs"
     monai_bundle("verify_net_in_out", "--net_id", "network_def", "--meta_file", configs / "metadata.json",
@@ -159,3 +166,20 @@ def test_ckpt_export_scripts_gdm(tmp_path):
     x = torch.rand(1, 1, 32, 40, 24)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), net(x))
+
+
+def test_verify_ld_denoiser_with_timesteps_and_context():
+    """LD's denoiser: a noisy latent in, noise out, with ``timesteps`` and a ``(B, L, D)`` text context."""
+    configs = ROOT / "bundles" / "ld_slice_generator" / "configs"
+    inference = json.loads((configs / "inference.json").read_text())
+    from monai.bundle import verify_net_in_out
+
+    context = torch.zeros(1, inference["max_prompt_length"], inference["text_dim"])
+    verify_net_in_out(net_id="denoiser", meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
+                      device="cpu", n=1, extra_forward_args={"timesteps": torch.tensor([500]), "context": context},
+                      denoiser="$@network_def.unet")
+    with pytest.raises(ValueError, match="output channel number"):
+        verify_net_in_out(net_id="denoiser", meta_file=str(configs / "metadata.json"),
+                          config_file=str(configs / "inference.json"), device="cpu", n=1,
+                          extra_forward_args={"timesteps": torch.tensor([500]), "context": context},
+                          denoiser="$@network_def.unet", **{"_meta_#network_data_format#outputs#pred#num_channels": 5})

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import free_port
-from ldmonai.data import make_mr_ct_phantoms, make_tissue_dataset
+from ldmonai.data import make_brain_slices, make_mr_ct_phantoms, make_tissue_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -32,6 +32,11 @@ def gdm_data(root: Path) -> list:
     return ["--batch_size", 2]
 
 
+def ld_data(root: Path) -> list:
+    make_brain_slices(root, num_slices=18, size=32, seed=0)  # 16 training slices
+    return ["--batch_size", 2, "--pretrained_path", "$None"]
+
+
 def torchrun(configs, *args):
     files = repr([str(c) for c in configs])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -42,7 +47,7 @@ def torchrun(configs, *args):
     return proc
 
 
-@pytest.mark.parametrize("bundle, make_data", [("ldseg", ldseg_data), ("gdm", gdm_data)])
+@pytest.mark.parametrize("bundle, make_data", [("ldseg", ldseg_data), ("gdm", gdm_data), ("ld_slice_generator", ld_data)])
 def test_two_gloo_ranks_end_with_identical_weights(tmp_path, bundle, make_data):
     configs = ROOT / "bundles" / bundle / "configs"
     data_args = make_data(tmp_path / "data")

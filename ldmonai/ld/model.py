@@ -95,6 +95,14 @@ class LatentDiffusion(nn.Module):
         loss = F.mse_loss(pred, noise, reduction="none").flatten(1).mean(1)
         return loss.mean() if reduction == "mean" else loss
 
+    def forward(self, images: torch.Tensor, prompts: Sequence[str], delta: float | Sequence[float] = 0.0) -> torch.Tensor:
+        """The training loss for a batch of slices ``(B, C, H, W)`` and their prompts.
+
+        Through ``forward`` so that a DistributedDataParallel wrapper sees the training pass;
+        the latents are drawn from the (frozen) autoencoder's posterior.
+        """
+        return self.denoising_loss(self.encode(images, sample=True), prompts, delta)
+
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], latent_size: Sequence[int], delta: float | Sequence[float] = 0.0,
                num_inference_steps: int = 50, guidance_scale: float = 1.0, generator: torch.Generator | None = None,

@@ -1,0 +1,148 @@
+"""2D slice sets for LD that install from the package registry: natural photos and brain templates.
+
+- :func:`make_natural_slices`: grey-level random crops of scikit-image's sample photos with
+  captions, the offline "general-domain" data that LD's pretraining recipe starts from
+  (the honest stand-in for the natural images Stable Diffusion saw).
+- :func:`make_brain_slices`: axial slices of the MNI152 2009 T1 template (nilearn wheel), with
+  small random affine changes per slice, plus slices of any other NIfTI volumes given
+  (Colin27, real scans) and any 2D images given as they are.
+
+Both write PNG slices and a datalist ``{"training": [...], "validation": [...]}`` whose
+entries hold ``image`` and ``prompt``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ldmonai.errors import LdmonaiError
+from ldmonai.io.atomic import atomic_path, atomic_write_json
+
+__all__ = ["NATURAL_SUBJECTS", "make_brain_slices", "make_natural_slices"]
+
+#: scikit-image sample photos bundled in its wheel, and what the caption calls them
+NATURAL_SUBJECTS = {
+    "astronaut": "an astronaut", "camera": "a man with a camera", "coffee": "a cup of coffee", "chelsea": "a cat",
+    "rocket": "a rocket", "coins": "coins", "moon": "the surface of the moon", "page": "a page of text",
+    "horse": "a horse", "immunohistochemistry": "stained tissue", "hubble_deep_field": "galaxies",
+    "brick": "a brick wall", "grass": "grass", "gravel": "gravel", "text": "text", "clock": "a clock",
+    "retina": "a retina", "cell": "cells", "logo": "a logo", "colorwheel": "a colour wheel",
+    "checkerboard": "a checkerboard", "microaneurysms": "a retina with microaneurysms",
+}
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.clip(array * 255 + 0.5, 0, 255).astype(np.uint8)).save(tmp, format="PNG")
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(size, size), mode="area" if min(img.shape) > size else "bilinear")[0, 0].numpy()
+
+
+def _split(entries: list[dict], val_fraction: float) -> dict[str, list[dict]]:
+    n_val = int(round(len(entries) * val_fraction))
+    return {"training": entries[: len(entries) - n_val], "validation": entries[len(entries) - n_val :]}
+
+
+def make_natural_slices(out_dir: str | os.PathLike, num_images: int = 256, size: int = 32, seed: int = 0,
+                        val_fraction: float = 0.1) -> Path:
+    """Random square crops (10 to 100% of the shorter side) of the sample photos, grey, ``size``².
+
+    Captions read "a photo of <subject>". Returns the datalist path.
+    """
+    try:
+        import skimage.data as photos
+        from skimage.color import rgb2gray, rgba2rgb
+    except ImportError:
+        raise LdmonaiError("the natural photos come from scikit-image", None, 'pip install "ldmonai[samples]"') from None
+    rng = np.random.default_rng(seed)
+    images = {}
+    for name in NATURAL_SUBJECTS:
+        img = np.asarray(getattr(photos, name)(), dtype=np.float32)
+        if img.ndim == 3:
+            img = rgb2gray(rgba2rgb(img) if img.shape[2] == 4 else img)
+        images[name] = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
+    out = Path(out_dir)
+    entries = []
+    names = sorted(images)
+    for i in range(num_images):
+        name = names[i % len(names)]
+        img = images[name]
+        side = int(min(img.shape) * rng.uniform(0.1, 1.0))
+        y, x = rng.integers(0, img.shape[0] - side + 1), rng.integers(0, img.shape[1] - side + 1)
+        crop = _resize(img[y : y + side, x : x + side], size)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        path = out / "images" / f"{name}_{i:04d}.png"
+        _save_png(crop, path)
+        entries.append({"image": str(path), "prompt": f"a photo of {NATURAL_SUBJECTS[name]}"})
+    rng.shuffle(entries)
+    return atomic_write_json(out / "datalist.json", _split(entries, val_fraction))
+
+
+def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: int = 32, seed: int = 0,
+                      volumes: Sequence[str | os.PathLike] = (), images: Sequence[str | os.PathLike] = (),
+                      prompt: str = "a brain mri of a brain", central_fraction: float = 0.5,
+                      val_fraction: float = 0.1) -> Path:
+    """Axial brain slices at ``size``² in [0, 1] with ``prompt``; returns the datalist path.
+
+    Args:
+        num_slices: slices drawn from the MNI152 T1 template (central ``central_fraction`` of
+            its axial extent, a small random rotation, scale and shift each).
+        volumes: further 3D NIfTI volumes (Colin27, scans); their central axial slices are added.
+        images: further 2D images (PNG, NIfTI slices) added as they are, resized.
+    """
+    import nibabel as nib
+    from monai.transforms import RandAffine
+
+    from ldmonai.data.mni_tissue import template_grid
+
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    t1, _, _ = template_grid((size, size, size))
+    affine = RandAffine(prob=1.0, rotate_range=0.15, scale_range=0.08, translate_range=size * 0.04, padding_mode="zeros")
+    affine.set_random_state(seed)
+    lo = int(size * (1 - central_fraction) / 2)
+    entries = []
+    for i in range(num_slices):
+        z = int(rng.integers(lo, size - lo))
+        sl = affine(t1[:, :, :, z]).numpy()[0]
+        path = out / "images" / f"mni152_{i:04d}.png"
+        _save_png(np.clip(np.rot90(sl), 0, 1), path)
+        entries.append({"image": str(path), "prompt": prompt})
+    for v in volumes:
+        try:
+            vol = np.asarray(nib.load(str(v)).dataobj, dtype=np.float32)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise LdmonaiError(f"cannot read volume ({type(err).__name__})", v, "pass a 3D NIfTI file") from None
+        if vol.ndim != 3:
+            raise LdmonaiError(f"expected a 3D volume, got shape {vol.shape}", v, "pass a 3D NIfTI file")
+        vol = (vol - vol.min()) / max(float(vol.max() - vol.min()), 1e-6)
+        n = vol.shape[2]
+        for j, z in enumerate(np.linspace(int(n * (1 - central_fraction) / 2), int(n * (1 + central_fraction) / 2) - 1, 8).astype(int)):
+            path = out / "images" / f"{Path(v).name.split('.')[0]}_{j:02d}.png"
+            _save_png(np.rot90(_resize(vol[:, :, z], size)), path)
+            entries.append({"image": str(path), "prompt": prompt})
+    for img_path in images:
+        from PIL import Image
+
+        try:
+            img = np.asarray(Image.open(img_path).convert("F"), dtype=np.float32)
+        except Exception as err:  # noqa: BLE001
+            raise LdmonaiError(f"cannot read image ({type(err).__name__})", img_path, "pass a PNG or another 2D image") from None
+        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
+        path = out / "images" / f"{Path(img_path).stem}.png"
+        _save_png(_resize(img, size), path)
+        entries.append({"image": str(path), "prompt": prompt})
+    order = rng.permutation(len(entries))
+    return atomic_write_json(out / "datalist.json", _split([entries[k] for k in order], val_fraction))

@@ -1,0 +1,190 @@
+"""What LD's bundle runs call: wiring of the model, the drift, the data and the outputs.
+
+Nothing here does maths of its own: sampling is :meth:`LatentDiffusion.sample` (the drift in
+its scheduler wrapper), the δ search is :func:`search_delta`, the metrics are
+:mod:`ldmonai.metrics.generative`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ldmonai.errors import LdmonaiError
+from ldmonai.ld.delta_search import search_delta
+from ldmonai.ld.finetune import prepare_scheme
+from ldmonai.ld.model import LatentDiffusion
+from ldmonai.ld.prompts import PromptBuilder
+
+__all__ = ["datalist_entries", "default_vocabulary", "delta_grid_image", "evaluate_generation", "finetune_model",
+           "generate_slices", "latent_scale", "load_model", "load_slices", "run_delta_search"]
+
+
+def default_vocabulary() -> list[str]:
+    """Every word of the prompt templates (all fields, all age styles) and of the natural captions."""
+    from ldmonai.data.slice_sets import NATURAL_SUBJECTS
+    from ldmonai.ld.text_encoder import WordTokenizer
+
+    words = set(PromptBuilder(fields=("age", "sex", "diagnosis"), templates="diverse").vocabulary())
+    words.update(PromptBuilder(modality="chest x-ray", subject="chest", templates="diverse").vocabulary())
+    for subject in NATURAL_SUBJECTS.values():
+        words.update(WordTokenizer.split(f"a photo of {subject}"))
+    return sorted(words)
+
+
+def datalist_entries(datalist: str | os.PathLike, split: str = "training") -> list[dict]:
+    """Entries of ``split`` with an existing ``image`` and a text ``prompt`` each, or one clear error."""
+    from ldmonai.data.datalist import load_datalist
+
+    entries = load_datalist(datalist, split, keys=("image",))
+    for i, e in enumerate(entries):
+        if not isinstance(e.get("prompt"), str) or not e["prompt"].strip():
+            raise LdmonaiError(f"{split}[{i}] has no text 'prompt'", datalist, 'give every slice a "prompt" string')
+    return entries
+
+
+def load_slices(datalist: str | os.PathLike, split: str = "validation", limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    """``(N, 1, H, W)`` slices in [0, 1] and their prompts from a datalist with ``image`` and ``prompt``."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
+
+    entries = datalist_entries(datalist, split)[:limit]
+    load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), ScaleIntensityd("image")])
+    items = [load(e) for e in entries]
+    return torch.stack([torch.as_tensor(i["image"]).float() for i in items]), [i["prompt"] for i in items]
+
+
+@torch.no_grad()
+def latent_scale(model: LatentDiffusion, images: torch.Tensor) -> float:
+    """1 / std of the latents of ``images``: the scale factor that gives the denoiser unit-variance latents."""
+    model.scale_factor.fill_(1.0)
+    return float(1.0 / model.encode(images).std().clamp_min(1e-6))
+
+
+def load_model(model: LatentDiffusion, path: str | os.PathLike | None, scheme: str | None = None,
+               token: str = "<sks>", device: str | torch.device = "cpu") -> LatentDiffusion:
+    """Weights from ``path`` into ``model``, after re-creating what ``scheme`` added (tokens, LoRA adapters)."""
+    from ldmonai.engines.checkpoint import load_state_dict
+
+    if scheme:
+        prepare_scheme(model, scheme, token)
+    if path:
+        state = load_state_dict(path, "LD weights")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).splitlines()[0]
+            raise LdmonaiError(f"the weights do not fit this model ({first})", path,
+                               "use the configs (sizes, scheme) the weights were trained with") from None
+    return model.to(device).eval()
+
+
+def finetune_model(model: LatentDiffusion, pretrained_path: str | os.PathLike | None, scheme: str | None,
+                   token: str = "<sks>", initializer: str | None = None, device: str | torch.device = "cpu") -> LatentDiffusion:
+    """The model to train: pretrained weights loaded, then ``scheme`` applied (what trains is what
+    has ``requires_grad``). Done before any DDP wrapper is built around it."""
+    if pretrained_path:
+        from ldmonai.engines.checkpoint import require_checkpoint
+
+        load_model(model, require_checkpoint(pretrained_path))
+    if scheme:
+        prepare_scheme(model, scheme, token, initializer)
+    return model.to(device)
+
+
+def _as_json(delta: float | Sequence[float]) -> float | list[float]:
+    return float(delta) if isinstance(delta, (int, float)) else [float(d) for d in delta]
+
+
+def _seeded(seed: int, device) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def generate_slices(model: LatentDiffusion, prompts: Sequence[str], out_dir: str | os.PathLike, latent_size: Sequence[int],
+                    num_per_prompt: int = 4, delta: float | Sequence[float] = 0.0, num_inference_steps: int = 50,
+                    guidance_scale: float = 1.0, seed: int = 0) -> list[Path]:
+    """Sample ``num_per_prompt`` slices per prompt; write ``<i>_<j>.png`` and ``.nii.gz`` and ``prompts.json``."""
+    import nibabel as nib
+
+    from ldmonai.io.atomic import atomic_path, atomic_write_json
+    from ldmonai.io.preview import grey, save_png
+
+    if not prompts:
+        raise LdmonaiError("no prompts to generate from", None, "set 'prompts' to a list of texts")
+    out = Path(out_dir)
+    written = []
+    for i, prompt in enumerate(prompts):
+        images = model.sample([prompt] * num_per_prompt, latent_size, delta=delta, num_inference_steps=num_inference_steps,
+                              guidance_scale=guidance_scale, generator=_seeded(seed + i, model.scale_factor.device))
+        for j, img in enumerate(images.clamp(0, 1).cpu().numpy()):
+            stem = out / f"{i:03d}_{j:02d}"
+            save_png(stem.with_suffix(".png"), grey(img[0], percentiles=(0, 100)))
+            with atomic_path(stem.with_suffix(".nii.gz")) as tmp:
+                nib.save(nib.Nifti1Image(img[0].T.astype(np.float32), np.eye(4)), str(tmp))
+            written.append(stem.with_suffix(".png"))
+    atomic_write_json(out / "prompts.json", {"prompts": list(prompts), "delta": _as_json(delta),
+                                             "steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed})
+    return written
+
+
+def delta_grid_image(model: LatentDiffusion, prompt: str, deltas: Sequence[float], latent_size: Sequence[int],
+                     path: str | os.PathLike, num_samples: int = 4, num_inference_steps: int = 50, seed: int = 0) -> Path:
+    """One PNG, a row per δ, a column per sample, all from the same noise (the paper's Fig. 2 layout)."""
+    from ldmonai.io.preview import grey, panel, save_png
+
+    rows = []
+    for d in deltas:
+        imgs = model.sample([prompt] * num_samples, latent_size, delta=d, num_inference_steps=num_inference_steps,
+                            generator=_seeded(seed, None)).clamp(0, 1).cpu().numpy()
+        rows.append(panel([grey(i[0], percentiles=(0, 100)) for i in imgs]))
+    save_png(path, np.concatenate(rows, axis=0))
+    return Path(path)
+
+
+def run_delta_search(model: LatentDiffusion, datalist: str | os.PathLike, out_dir: str | os.PathLike,
+                     latent_size: Sequence[int], num_samples: int = 16, split: str = "validation", low: float = -0.2,
+                     high: float = 0.2, num_grid: int = 9, num_refine: int = 4, distance: str = "pairwise",
+                     num_inference_steps: int = 50, seed: int = 0) -> dict:
+    """δ search against the real slices of ``split``; writes the table, the plot and the δ grid image."""
+    from ldmonai.io.atomic import atomic_write_json
+
+    real, prompts = load_slices(datalist, split)
+    if real.shape[0] == 0:
+        raise LdmonaiError(f"the {split!r} split has no slices", datalist, "add real slices to compare with")
+    prompt_list = [prompts[k % len(prompts)] for k in range(num_samples)]
+
+    def generate(delta: float) -> torch.Tensor:
+        return model.sample(prompt_list, latent_size, delta=delta, num_inference_steps=num_inference_steps,
+                            generator=_seeded(seed, None)).clamp(0, 1).cpu()
+
+    result = search_delta(generate, real, low, high, num_grid, num_refine, distance)
+    table, plot = result.write(out_dir)
+    grid = delta_grid_image(model, prompt_list[0], sorted({low, 0.0, result.best, high}), latent_size,
+                            Path(out_dir) / "delta_grid.png", num_inference_steps=num_inference_steps, seed=seed)
+    summary = {"best_delta": result.best, "table": str(table), "plot": str(plot), "grid": str(grid),
+               "num_samples": num_samples, "num_real": int(real.shape[0]), "distance": distance}
+    atomic_write_json(Path(out_dir) / "delta_search.json", summary)
+    return summary
+
+
+def evaluate_generation(model: LatentDiffusion, datalist: str | os.PathLike, out_dir: str | os.PathLike,
+                        latent_size: Sequence[int], delta: float | Sequence[float] = 0.0, split: str = "test",
+                        num_samples: int = 64, num_inference_steps: int = 50, seed: int = 0,
+                        feature_weights: str | os.PathLike | None = None) -> dict:
+    """FID and KID between ``num_samples`` generated slices and the real slices of ``split``."""
+    from ldmonai.io.atomic import atomic_write_json
+    from ldmonai.metrics.generative import SliceFeatures, generative_metrics
+
+    real, prompts = load_slices(datalist, split)
+    prompt_list = [prompts[k % len(prompts)] for k in range(num_samples)]
+    fake = model.sample(prompt_list, latent_size, delta=delta, num_inference_steps=num_inference_steps,
+                        generator=_seeded(seed, None)).clamp(0, 1).cpu()
+    metrics = generative_metrics(fake, real, SliceFeatures(feature_weights, size=max(32, real.shape[-1])))
+    metrics["delta"] = _as_json(delta)
+    atomic_write_json(Path(out_dir) / "metrics.json", metrics)
+    print(json.dumps(metrics, indent=2))
+    return metrics
