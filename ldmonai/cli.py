@@ -222,67 +222,64 @@ def _command_group(top, name: str, help: str, description: str, dest: str):
 def _add_data(top) -> None:
     data_sub = _command_group(top, "data", "sample datasets that install from the package registry",
                               "Make sample datasets.", "dataset")
-    p = data_sub.add_parser(
-        "tissue", help="MNI152 brain tissue segmentation cases (background, CSF, GM, WM)",
-        description="Write augmented copies of the MNI152 2009 template (nilearn wheel) with tissue labels, "
-                    "and a Decathlon-style datalist.json with a fixed train/validation/test split.",
-        epilog="examples:\n  ldmonai data tissue data/tissue2d --dims 2 --size 64\n"
-               "  ldmonai data tissue data/tissue3d --dims 3 --size 32 --train 16 --val 4\n"
-               "then: python -m monai.bundle run --config_file bundles/ldseg/configs/train.json "
-               "--bundle_root bundles/ldseg --dataset_dir data/tissue2d",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    p = _dataset_parser(
+        data_sub, "tissue", "MNI152 brain tissue segmentation cases (background, CSF, GM, WM)",
+        "Write augmented copies of the MNI152 2009 template (nilearn wheel) with tissue labels, "
+        "and a Decathlon-style datalist.json with a fixed train/validation/test split.",
+        "examples:\n  ldmonai data tissue data/tissue2d --dims 2 --size 64\n"
+        "  ldmonai data tissue data/tissue3d --dims 3 --size 32 --train 16 --val 4\n"
+        "then: python -m monai.bundle run --config_file bundles/ldseg/configs/train.json "
+        "--bundle_root bundles/ldseg --dataset_dir data/tissue2d",
+        ("--train", 24, "training cases"), 64, "grid size per axis")
     p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2: axial slices, 3: volumes (default: 2)")
-    p.add_argument("--size", type=_positive_int, default=64, help="grid size per axis (default: 64)")
-    p.add_argument("--train", type=_positive_int, default=24, help="training cases (default: 24)")
     p.add_argument("--val", type=_positive_int, default=6, help="validation cases (default: 6)")
     p.add_argument("--test", type=int, default=2, help="test cases (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_tissue)
-    p = data_sub.add_parser(
-        "phantoms", help="paired MR/CT head phantoms in the SynthRAD2025 layout (GDM's sample data)",
-        description="Write paired MR and CT head phantoms with body masks (ROBEX head template, tissue classes "
-                    "turned into MR intensities and CT numbers) as Task1/HN/<case>/{mr,ct,mask}.mha. They are "
-                    "phantoms, not patient data.",
-        epilog="examples:\n  ldmonai data phantoms data --cases 12 --size 48\n"
-               "then: python -m monai.bundle run --config_file bundles/gdm/configs/train.json "
-               "--bundle_root bundles/gdm --dataset_dir data/Task1",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (Task1/ is created inside)")
-    p.add_argument("--cases", type=_positive_int, default=12, help="number of cases (default: 12)")
-    p.add_argument("--size", type=_positive_int, default=48, help="grid size per axis (default: 48)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    p = _dataset_parser(
+        data_sub, "phantoms", "paired MR/CT head phantoms in the SynthRAD2025 layout (GDM's sample data)",
+        "Write paired MR and CT head phantoms with body masks (ROBEX head template, tissue classes "
+        "turned into MR intensities and CT numbers) as Task1/HN/<case>/{mr,ct,mask}.mha. They are "
+        "phantoms, not patient data.",
+        "examples:\n  ldmonai data phantoms data --cases 12 --size 48\n"
+        "then: python -m monai.bundle run --config_file bundles/gdm/configs/train.json "
+        "--bundle_root bundles/gdm --dataset_dir data/Task1",
+        ("--cases", 12, "number of cases"), 48, "grid size per axis")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_phantoms)
-    p = data_sub.add_parser(
-        "natural", help="grey crops of scikit-image's sample photos with captions (LD's pretraining data)",
-        description="Write random grey-level crops of the photos in the scikit-image wheel, captioned "
-                    "'a photo of <subject>', and a datalist.json: the general-domain data of LD's pretraining.",
-        epilog="examples:\n  ldmonai data natural data/natural --images 256 --size 32\n"
-               "then: python -m monai.bundle run --config_file \"['bundles/ld_slice_generator/configs/train.json',"
-               "'bundles/ld_slice_generator/configs/pretrain.json']\" --bundle_root bundles/ld_slice_generator",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
-    p.add_argument("--images", type=_positive_int, default=256, help="number of crops (default: 256)")
-    p.add_argument("--size", type=_positive_int, default=32, help="crop size in pixels (default: 32)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    p = _dataset_parser(
+        data_sub, "natural", "grey crops of scikit-image's sample photos with captions (LD's pretraining data)",
+        "Write random grey-level crops of the photos in the scikit-image wheel, captioned "
+        "'a photo of <subject>', and a datalist.json: the general-domain data of LD's pretraining.",
+        "examples:\n  ldmonai data natural data/natural --images 256 --size 32\n"
+        "then: python -m monai.bundle run --config_file \"['bundles/ld_slice_generator/configs/train.json',"
+        "'bundles/ld_slice_generator/configs/pretrain.json']\" --bundle_root bundles/ld_slice_generator",
+        ("--images", 256, "number of crops"), 32, "crop size in pixels")
     p.set_defaults(func=_run_natural)
-    p = data_sub.add_parser(
-        "brain-slices", help="axial brain slices of the MNI152 template (and your volumes) with prompts",
-        description="Write axial slices of the MNI152 2009 T1 template (nilearn wheel) with small random affine "
-                    "changes, plus central slices of any --volume and any --image, with one prompt, and a datalist.json.",
-        epilog="examples:\n  ldmonai data brain-slices data/brain_slices --slices 64 --size 32\n"
-               "  ldmonai data brain-slices data/brain --volume colin27_t1.nii.gz --image slice1.png --size 64",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
-    p.add_argument("--slices", type=_positive_int, default=64, help="template slices (default: 64)")
-    p.add_argument("--size", type=_positive_int, default=32, help="slice size in pixels (default: 32)")
+    p = _dataset_parser(
+        data_sub, "brain-slices", "axial brain slices of the MNI152 template (and your volumes) with prompts",
+        "Write axial slices of the MNI152 2009 T1 template (nilearn wheel) with small random affine "
+        "changes, plus central slices of any --volume and any --image, with one prompt, and a datalist.json.",
+        "examples:\n  ldmonai data brain-slices data/brain_slices --slices 64 --size 32\n"
+        "  ldmonai data brain-slices data/brain --volume colin27_t1.nii.gz --image slice1.png --size 64",
+        ("--slices", 64, "template slices"), 32, "slice size in pixels")
     p.add_argument("--volume", action="append", default=[], help="a 3D NIfTI whose central axial slices are added (repeatable)")
     p.add_argument("--image", action="append", default=[], help="a 2D image added as it is (repeatable)")
     p.add_argument("--prompt", default="a brain mri of a brain", help="the prompt of every slice")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
     p.set_defaults(func=_run_brain_slices)
+
+
+def _dataset_parser(data_sub, name: str, help: str, description: str, epilog: str, count: tuple[str, int, str],
+                    size: int, size_help: str):
+    """A ``data`` subcommand with what every sample dataset takes: OUT_DIR, a count, --size, --seed."""
+    p = data_sub.add_parser(name, help=help, description=description, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    flag, default, what = count
+    p.add_argument(flag, type=_positive_int, default=default, help=f"{what} (default: {default})")
+    p.add_argument("--size", type=_positive_int, default=size, help=f"{size_help} (default: {size})")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    return p
 
 
 def _setting(text: str) -> tuple[str, str]:
