@@ -99,14 +99,16 @@ def test_data_phantoms_writes_the_synthrad_layout(tmp_path, capsys):
     assert "phantoms, not patient data" in capsys.readouterr().out
 
 
-def test_data_slice_sets_for_ld(tmp_path):
+def test_data_slice_sets_for_ld(tmp_path, capsys):
     import json as _json
 
-    res = run("data", "natural", str(tmp_path / "natural"), "--images", "6", "--size", "16")
-    assert res.returncode == 0, res.stderr
+    from ldmonai.cli import main as cli
+
+    assert cli(["data", "natural", str(tmp_path / "natural"), "--images", "6", "--size", "16"]) == 0
     train = _json.loads((tmp_path / "natural" / "datalist.json").read_text())["training"]
     assert train and all(e["prompt"].startswith("a photo of ") and Path(e["image"]).is_file() for e in train)
     (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
-    res = run("data", "brain-slices", str(tmp_path / "brain"), "--slices", "4", "--size", "16",
-              "--volume", str(tmp_path / "broken.nii.gz"))
-    assert res.returncode == 1 and "broken.nii.gz: cannot read volume" in res.stderr and "Traceback" not in res.stderr
+    code = cli(["data", "brain-slices", str(tmp_path / "brain"), "--slices", "4", "--size", "16",
+                "--volume", str(tmp_path / "broken.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 1 and "broken.nii.gz: cannot read volume" in err and "Traceback" not in err
