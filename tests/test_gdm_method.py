@@ -255,3 +255,22 @@ def test_rflow_translator_moves_saves_and_learns():
     after = (flow(cond) - target).abs().mean()
     assert flow(cond).shape == target.shape
     assert after < 0.5 * before, (float(before), float(after))
+
+
+def test_data_consistency_pulls_the_reconstruction_toward_the_views():
+    from ldmonai.data import shepp_logan_volume
+    from ldmonai.gdm import DataConsistencyd, Projector, SparseViewd, hu_to_attenuation, hu_to_unit, unit_to_hu
+
+    vol = hu_to_unit(torch.as_tensor(shepp_logan_volume(32, 4)).float())[None]  # (1, 32, 32, 4), unit range
+    d = SparseViewd(num_views=18, sinogram_key="sinogram")({"label": vol})
+    d["pred"] = d["image"].clone()  # the FBP stands in for a generator output
+    assert torch.equal(DataConsistencyd(steps=0, num_views=18)(d)["pred"], d["pred"])
+    refined = DataConsistencyd(steps=5, num_views=18)(d)["pred"]
+    proj = Projector((32, 32), 18)
+
+    def residual(x):
+        return float((proj(hu_to_attenuation(unit_to_hu(x))[None]) - d["sinogram"][None]).abs().mean())
+
+    assert residual(refined) < 0.7 * residual(d["pred"])
+    with pytest.raises(LdmonaiError, match="no 'sinogram'"):
+        DataConsistencyd(steps=1)({"pred": d["pred"]})

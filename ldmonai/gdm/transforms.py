@@ -188,3 +188,40 @@ class SparseViewd(MapTransform):
         if self.sinogram_key:
             d[self.sinogram_key] = sino[0]
         return d
+
+
+class DataConsistencyd(MapTransform):
+    """SIRT data consistency on a sparse-view reconstruction: pull ``pred`` toward the measured views.
+
+    ``pred`` (unit range, ``(1, H, W[, D])``) becomes attenuation, gets ``steps`` SIRT updates
+    against ``sinogram_key`` (kept by :class:`SparseViewd` with the same ``num_views`` and
+    ``geometry``), and goes back to unit range. ``steps=0`` passes the data through, so a
+    config can switch it with one number.
+    """
+
+    def __init__(self, steps: int = 0, num_views: int = 36, geometry: str = "parallel", pred_key: str = "pred",
+                 sinogram_key: str = "sinogram", relaxation: float = 1.0) -> None:
+        super().__init__([pred_key])
+        self.steps, self.num_views, self.geometry, self.relaxation = steps, num_views, geometry, relaxation
+        self.pred_key, self.sinogram_key = pred_key, sinogram_key
+        self._projectors: dict[tuple, Projector] = {}
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        if self.steps <= 0:
+            return d
+        if self.sinogram_key not in d:
+            raise LdmonaiError(f"no {self.sinogram_key!r} to make the reconstruction consistent with",
+                               source_name(d, "label"), "set sinogram_key on SparseViewd")
+        pred = torch.as_tensor(d[self.pred_key]).float()
+        size = tuple(pred.shape[1:3])
+        if size not in self._projectors:
+            self._projectors[size] = Projector(size, self.num_views, self.geometry).to(pred.device)
+        proj = self._projectors[size]
+        mu = hu_to_attenuation(unit_to_hu(pred))[None]
+        sino = torch.as_tensor(d[self.sinogram_key]).float().to(pred.device)[None]
+        with torch.no_grad():
+            refined = proj.refine(mu, sino, self.steps, self.relaxation)
+        out = hu_to_unit(attenuation_to_hu(refined))[0]
+        d[self.pred_key] = MetaTensor(out, meta=dict(d[self.pred_key].meta)) if isinstance(d[self.pred_key], MetaTensor) else out
+        return d
