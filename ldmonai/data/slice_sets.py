@@ -44,6 +44,11 @@ def _save_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(np.clip(array * 255 + 0.5, 0, 255).astype(np.uint8)).save(tmp, format="PNG")
 
 
+def _unit(array: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] (a constant image becomes 0)."""
+    return (array - array.min()) / max(float(array.max() - array.min()), 1e-6)
+
+
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
     return F.interpolate(t, size=(size, size), mode="area" if min(img.shape) > size else "bilinear")[0, 0].numpy()
@@ -71,7 +76,7 @@ def make_natural_slices(out_dir: str | os.PathLike, num_images: int = 256, size:
         img = np.asarray(getattr(photos, name)(), dtype=np.float32)
         if img.ndim == 3:
             img = rgb2gray(rgba2rgb(img) if img.shape[2] == 4 else img)
-        images[name] = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
+        images[name] = _unit(img)
     out = Path(out_dir)
     entries = []
     names = sorted(images)
@@ -127,7 +132,7 @@ def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: in
             raise LdmonaiError(f"cannot read volume ({type(err).__name__})", v, "pass a 3D NIfTI file") from None
         if vol.ndim != 3:
             raise LdmonaiError(f"expected a 3D volume, got shape {vol.shape}", v, "pass a 3D NIfTI file")
-        vol = (vol - vol.min()) / max(float(vol.max() - vol.min()), 1e-6)
+        vol = _unit(vol)
         n = vol.shape[2]
         for j, z in enumerate(np.linspace(int(n * (1 - central_fraction) / 2), int(n * (1 + central_fraction) / 2) - 1, 8).astype(int)):
             path = out / "images" / f"{Path(v).name.split('.')[0]}_{j:02d}.png"
@@ -140,7 +145,7 @@ def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: in
             img = np.asarray(Image.open(img_path).convert("F"), dtype=np.float32)
         except Exception as err:  # noqa: BLE001
             raise LdmonaiError(f"cannot read image ({type(err).__name__})", img_path, "pass a PNG or another 2D image") from None
-        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
+        img = _unit(img)
         path = out / "images" / f"{Path(img_path).stem}.png"
         _save_png(_resize(img, size), path)
         entries.append({"image": str(path), "prompt": prompt})

@@ -24,7 +24,8 @@ def _batch(engine: Any, batchdata: dict) -> tuple[torch.Tensor, torch.Tensor, to
     return image, label, mask
 
 
-def _finish(engine: Any, terms: dict) -> dict:
+def finish_iteration(engine: Any, terms: dict) -> dict:
+    """Optimizer step, events, and every loss term into the engine output (shared by the custom iterations)."""
     engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
     engine.optimizer.step()
     engine.fire_event(IterationEvents.MODEL_COMPLETED)
@@ -53,7 +54,7 @@ class GeneratorTrainStep:
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         output.backward(grad)
         engine.state.output[Keys.PRED] = output.detach()
-        return _finish(engine, terms)
+        return finish_iteration(engine, terms)
 
 
 class FlowTrainStep:
@@ -69,4 +70,4 @@ class FlowTrainStep:
         loss = engine.network(image, label)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         loss.backward()
-        return _finish(engine, {"loss": loss})
+        return finish_iteration(engine, {"loss": loss})

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from ldmonai.engines.generation import _finish
+from ldmonai.engines.generation import finish_iteration
 
 __all__ = ["AutoencoderTrainStep", "LatentDiffusionTrainStep"]
 
@@ -44,7 +44,7 @@ class AutoencoderTrainStep:
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         loss.backward()
         engine.state.output[Keys.PRED] = recon.detach()
-        return _finish(engine, {"loss": loss, "l1": l1, "kl": kl})
+        return finish_iteration(engine, {"loss": loss, "l1": l1, "kl": kl})
 
 
 class LatentDiffusionTrainStep:
@@ -63,4 +63,4 @@ class LatentDiffusionTrainStep:
         loss = engine.network(images, prompts, self.delta)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         loss.backward()
-        return _finish(engine, {"loss": loss})
+        return finish_iteration(engine, {"loss": loss})

@@ -142,7 +142,27 @@ class FillOutsideBodyd(MapTransform):
         return d
 
 
-class SparseViewd(MapTransform):
+class _SliceProjection:
+    """One :class:`Projector` per slice size and device, built on first use, for the transforms
+    that simulate a sparse scan and that make a reconstruction consistent with it."""
+
+    num_views: int
+    geometry: str
+
+    def projector(self, size: tuple[int, int], device: torch.device | str = "cpu") -> Projector:
+        cache = self.__dict__.setdefault("_projectors", {})
+        key = (size, str(device))
+        if key not in cache:
+            cache[key] = Projector(size, self.num_views, self.geometry).to(device)
+        return cache[key]
+
+
+def _like(value: torch.Tensor, reference) -> torch.Tensor:
+    """``value`` with ``reference``'s metadata when that is a MetaTensor (affine, file name)."""
+    return MetaTensor(value, meta=dict(reference.meta)) if isinstance(reference, MetaTensor) else value
+
+
+class SparseViewd(_SliceProjection, MapTransform):
     """Simulate a sparse-view scan of a unit-range CT and put its FBP in ``target_key``.
 
     The CT (``source_key``, unit range) becomes attenuation, is projected slice by slice
@@ -164,12 +184,6 @@ class SparseViewd(MapTransform):
         self.num_views, self.geometry, self.noise_std, self.filter_window = num_views, geometry, noise_std, filter_window
         self.source_key, self.target_key, self.sinogram_key = source_key, target_key, sinogram_key
         self.generator = torch.Generator().manual_seed(seed)
-        self._projectors: dict[tuple, Projector] = {}
-
-    def projector(self, size: tuple[int, int]) -> Projector:
-        if size not in self._projectors:
-            self._projectors[size] = Projector(size, self.num_views, self.geometry)
-        return self._projectors[size]
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -184,13 +198,13 @@ class SparseViewd(MapTransform):
             if self.noise_std > 0:
                 sino = sino + self.noise_std * torch.randn(sino.shape, generator=self.generator)
             fbp = hu_to_unit(attenuation_to_hu(proj.fbp(sino, self.filter_window)))[0]
-        d[self.target_key] = MetaTensor(fbp, meta=dict(ct.meta)) if isinstance(ct, MetaTensor) else fbp
+        d[self.target_key] = _like(fbp, ct)
         if self.sinogram_key:
             d[self.sinogram_key] = sino[0]
         return d
 
 
-class DataConsistencyd(MapTransform):
+class DataConsistencyd(_SliceProjection, MapTransform):
     """SIRT data consistency on a sparse-view reconstruction: pull ``pred`` toward the measured views.
 
     ``pred`` (unit range, ``(1, H, W[, D])``) becomes attenuation, gets ``steps`` SIRT updates
@@ -204,7 +218,6 @@ class DataConsistencyd(MapTransform):
         super().__init__([pred_key])
         self.steps, self.num_views, self.geometry, self.relaxation = steps, num_views, geometry, relaxation
         self.pred_key, self.sinogram_key = pred_key, sinogram_key
-        self._projectors: dict[tuple, Projector] = {}
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -214,14 +227,11 @@ class DataConsistencyd(MapTransform):
             raise LdmonaiError(f"no {self.sinogram_key!r} to make the reconstruction consistent with",
                                source_name(d, "label"), "set sinogram_key on SparseViewd")
         pred = torch.as_tensor(d[self.pred_key]).float()
-        size = tuple(pred.shape[1:3])
-        if size not in self._projectors:
-            self._projectors[size] = Projector(size, self.num_views, self.geometry).to(pred.device)
-        proj = self._projectors[size]
+        proj = self.projector(tuple(pred.shape[1:3]), pred.device)
         mu = hu_to_attenuation(unit_to_hu(pred))[None]
         sino = torch.as_tensor(d[self.sinogram_key]).float().to(pred.device)[None]
         with torch.no_grad():
             refined = proj.refine(mu, sino, self.steps, self.relaxation)
         out = hu_to_unit(attenuation_to_hu(refined))[0]
-        d[self.pred_key] = MetaTensor(out, meta=dict(d[self.pred_key].meta)) if isinstance(d[self.pred_key], MetaTensor) else out
+        d[self.pred_key] = _like(out, d[self.pred_key])
         return d

@@ -96,8 +96,7 @@ def save_custom_diffusion(model: LatentDiffusion, path: str | os.PathLike) -> Pa
     from ldmonai.engines.checkpoint import atomic_torch_save
 
     return atomic_torch_save({"kv": {n: p.detach().cpu() for n, p in _cross_attention_kv(model.unet)},
-                              "tokens": model.text_encoder.learned_tokens,
-                              "embeddings": model.text_encoder.learned_embedding.detach().cpu()}, path)
+                              **model.text_encoder.learned_state()}, path)
 
 
 def load_custom_diffusion(model: LatentDiffusion, path: str | os.PathLike) -> None:
@@ -108,13 +107,11 @@ def load_custom_diffusion(model: LatentDiffusion, path: str | os.PathLike) -> No
     state = read_torch_file(path, "Custom Diffusion file", fix)
     if not isinstance(state, dict) or not {"kv", "tokens", "embeddings"} <= set(state):
         raise LdmonaiError("not a Custom Diffusion file", path, fix)
-    kv, tokens, emb = state["kv"], list(state["tokens"]), state["embeddings"]
+    kv = state["kv"]
     own = dict(_cross_attention_kv(model.unet))
     if set(kv) != set(own) or any(kv[n].shape != own[n].shape for n in own):
         raise LdmonaiError("its cross-attention weights do not fit this UNet", path, "load it into the model it was trained from")
-    ids = model.text_encoder.add_tokens(tokens)
+    model.text_encoder.load_learned_state(state, path)
     with torch.no_grad():
         for n, p in own.items():
             p.copy_(kv[n])
-        for tok_id, row in zip(ids, emb):
-            model.text_encoder.learned_embedding[tok_id - model.text_encoder.num_base] = row

@@ -60,9 +60,11 @@ def load_slices(datalist: str | os.PathLike, split: str = "validation", limit: i
 
 @torch.no_grad()
 def latent_scale(model: LatentDiffusion, images: torch.Tensor) -> float:
-    """1 / std of the latents of ``images``: the scale factor that gives the denoiser unit-variance latents."""
-    model.scale_factor.fill_(1.0)
-    return float(1.0 / model.encode(images).std().clamp_min(1e-6))
+    """1 / std of the latents of ``images``: the scale factor that gives the denoiser unit-variance latents.
+
+    ``encode`` already multiplies by the current factor, so the ratio is independent of it.
+    """
+    return float(model.scale_factor / model.encode(images).std().clamp_min(1e-6))
 
 
 def load_model(model: LatentDiffusion, path: str | os.PathLike | None, scheme: str | None = None,
@@ -100,8 +102,15 @@ def _as_json(delta: float | Sequence[float]) -> float | list[float]:
     return float(delta) if isinstance(delta, (int, float)) else [float(d) for d in delta]
 
 
-def _seeded(seed: int, device) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(seed)
+def _slices(model: LatentDiffusion, prompts: Sequence[str], latent_size: Sequence[int], delta: float | Sequence[float],
+            num_inference_steps: int, seed: int, guidance_scale: float = 1.0) -> torch.Tensor:
+    """``(N, C, H, W)`` samples in [0, 1] on the CPU, from noise seeded by ``seed`` (the same for every δ)."""
+    return model.sample(list(prompts), latent_size, delta=delta, num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed)).clamp(0, 1).cpu()
+
+
+def _cycle(prompts: Sequence[str], n: int) -> list[str]:
+    return [prompts[k % len(prompts)] for k in range(n)]
 
 
 def generate_slices(model: LatentDiffusion, prompts: Sequence[str], out_dir: str | os.PathLike, latent_size: Sequence[int],
@@ -118,9 +127,8 @@ def generate_slices(model: LatentDiffusion, prompts: Sequence[str], out_dir: str
     out = Path(out_dir)
     written = []
     for i, prompt in enumerate(prompts):
-        images = model.sample([prompt] * num_per_prompt, latent_size, delta=delta, num_inference_steps=num_inference_steps,
-                              guidance_scale=guidance_scale, generator=_seeded(seed + i, model.scale_factor.device))
-        for j, img in enumerate(images.clamp(0, 1).cpu().numpy()):
+        images = _slices(model, [prompt] * num_per_prompt, latent_size, delta, num_inference_steps, seed + i, guidance_scale)
+        for j, img in enumerate(images.numpy()):
             stem = out / f"{i:03d}_{j:02d}"
             save_png(stem.with_suffix(".png"), grey(img[0], percentiles=(0, 100)))
             with atomic_path(stem.with_suffix(".nii.gz")) as tmp:
@@ -138,8 +146,7 @@ def delta_grid_image(model: LatentDiffusion, prompt: str, deltas: Sequence[float
 
     rows = []
     for d in deltas:
-        imgs = model.sample([prompt] * num_samples, latent_size, delta=d, num_inference_steps=num_inference_steps,
-                            generator=_seeded(seed, None)).clamp(0, 1).cpu().numpy()
+        imgs = _slices(model, [prompt] * num_samples, latent_size, d, num_inference_steps, seed).numpy()
         rows.append(panel([grey(i[0], percentiles=(0, 100)) for i in imgs]))
     save_png(path, np.concatenate(rows, axis=0))
     return Path(path)
@@ -152,14 +159,11 @@ def run_delta_search(model: LatentDiffusion, datalist: str | os.PathLike, out_di
     """δ search against the real slices of ``split``; writes the table, the plot and the δ grid image."""
     from ldmonai.io.atomic import atomic_write_json
 
-    real, prompts = load_slices(datalist, split)
-    if real.shape[0] == 0:
-        raise LdmonaiError(f"the {split!r} split has no slices", datalist, "add real slices to compare with")
-    prompt_list = [prompts[k % len(prompts)] for k in range(num_samples)]
+    real, prompts = load_slices(datalist, split)  # an empty split is refused there
+    prompt_list = _cycle(prompts, num_samples)
 
     def generate(delta: float) -> torch.Tensor:
-        return model.sample(prompt_list, latent_size, delta=delta, num_inference_steps=num_inference_steps,
-                            generator=_seeded(seed, None)).clamp(0, 1).cpu()
+        return _slices(model, prompt_list, latent_size, delta, num_inference_steps, seed)
 
     result = search_delta(generate, real, low, high, num_grid, num_refine, distance)
     table, plot = result.write(out_dir)
@@ -180,9 +184,7 @@ def evaluate_generation(model: LatentDiffusion, datalist: str | os.PathLike, out
     from ldmonai.metrics.generative import SliceFeatures, generative_metrics
 
     real, prompts = load_slices(datalist, split)
-    prompt_list = [prompts[k % len(prompts)] for k in range(num_samples)]
-    fake = model.sample(prompt_list, latent_size, delta=delta, num_inference_steps=num_inference_steps,
-                        generator=_seeded(seed, None)).clamp(0, 1).cpu()
+    fake = _slices(model, _cycle(prompts, num_samples), latent_size, delta, num_inference_steps, seed)
     metrics = generative_metrics(fake, real, SliceFeatures(feature_weights, size=max(32, real.shape[-1])))
     metrics["delta"] = _as_json(delta)
     atomic_write_json(Path(out_dir) / "metrics.json", metrics)

@@ -115,6 +115,23 @@ class TinyTextEncoder(nn.Module):
                 self.tokenizer.add(w)
         return [self.tokenizer.index[w.lower()] for w in words]
 
+    def learned_state(self) -> dict:
+        """The learned tokens and their embeddings, the part of this encoder that TI and CD save."""
+        return {"tokens": self.learned_tokens, "embeddings": self.learned_embedding.detach().cpu()}
+
+    def load_learned_state(self, state: dict, path: str | os.PathLike | None = None) -> list[str]:
+        """Add the tokens of :meth:`learned_state` (read from ``path``) with their embeddings."""
+        tokens, emb = list(state["tokens"]), state["embeddings"]
+        if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape != (len(tokens), self.dim):
+            shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+            raise LdmonaiError(f"embeddings of shape {shape} do not fit {len(tokens)} tokens of width {self.dim}",
+                               path, "load it into the text encoder it was trained with")
+        ids = self.add_tokens(tokens)
+        with torch.no_grad():
+            for tok_id, row in zip(ids, emb):
+                self.learned_embedding[tok_id - self.num_base] = row.to(self.learned_embedding)
+        return tokens
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         table = torch.cat([self.token_embedding.weight, self.learned_embedding], dim=0)
         return F.embedding(ids, table)
@@ -130,7 +147,7 @@ def save_learned_tokens(encoder: TinyTextEncoder, path: str | os.PathLike) -> Pa
     """The small artifact of Textual Inversion: learned token names and their embeddings."""
     from ldmonai.engines.checkpoint import atomic_torch_save
 
-    return atomic_torch_save({"tokens": encoder.learned_tokens, "embeddings": encoder.learned_embedding.detach().cpu()}, path)
+    return atomic_torch_save(encoder.learned_state(), path)
 
 
 def load_learned_tokens(encoder: TinyTextEncoder, path: str | os.PathLike) -> list[str]:
@@ -141,13 +158,4 @@ def load_learned_tokens(encoder: TinyTextEncoder, path: str | os.PathLike) -> li
     state = read_torch_file(path, "learned-token file", fix)
     if not isinstance(state, dict) or not {"tokens", "embeddings"} <= set(state):
         raise LdmonaiError("not a learned-token file", path, fix)
-    tokens, emb = list(state["tokens"]), state["embeddings"]
-    if emb.ndim != 2 or emb.shape != (len(tokens), encoder.dim):
-        raise LdmonaiError(f"embeddings of shape {tuple(emb.shape)} do not fit {len(tokens)} tokens of width {encoder.dim}",
-                           path, "load it into the text encoder it was trained with")
-    ids = encoder.add_tokens(tokens)
-    with torch.no_grad():
-        table = encoder.learned_embedding
-        for tok_id, row in zip(ids, emb):
-            table[tok_id - encoder.num_base] = row.to(table)
-    return tokens
+    return encoder.load_learned_state(state, path)

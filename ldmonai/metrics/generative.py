@@ -48,7 +48,7 @@ class SliceFeatures(nn.Module):
             from ldmonai.engines.checkpoint import load_state_dict
 
             state = load_state_dict(weights, "feature extractor weights")
-            missing, unexpected = self.net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")},
+            missing, _ = self.net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")},
                                                            strict=False)
             if [k for k in missing if not k.startswith("fc.")]:
                 raise LdmonaiError(f"the weights miss {len(missing)} ResNet parameters", weights,
