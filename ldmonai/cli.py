@@ -211,6 +211,14 @@ def _run_brain_slices(args) -> int:
     return 0
 
 
+def _run_aging_pairs(args) -> int:
+    from ldmonai.data import make_aging_pairs
+
+    path = make_aging_pairs(args.out_dir, num_pairs=args.pairs, size=args.size, seed=args.seed)
+    print(f"wrote {args.pairs} simulated ageing pairs (not longitudinal scans); datalist: {path}")
+    return 0
+
+
 def _command_group(top, name: str, help: str, description: str, dest: str):
     """A subcommand that only holds further subcommands, one of which is required."""
     group = top.add_parser(name, help=help, description=description)
@@ -267,6 +275,16 @@ def _add_data(top) -> None:
     p.add_argument("--image", action="append", default=[], help="a 2D image added as it is (repeatable)")
     p.add_argument("--prompt", default="a brain mri of a brain", help="the prompt of every slice")
     p.set_defaults(func=_run_brain_slices)
+    p = _dataset_parser(
+        data_sub, "aging-pairs", "MNI152 slice pairs before and after simulated atrophy, with edit instructions",
+        "Write (source, target) slice pairs, the target after a simulated atrophy (widened central "
+        "structures), with instructions such as 'age this seventy year old brain into seventy-seven "
+        "year old brain': InstructPix2Pix training data standing in for longitudinal scans.",
+        "examples:\n  ldmonai data aging-pairs data/aging_pairs --pairs 64 --size 32\n"
+        "then: python -m monai.bundle run --config_file \"['bundles/ld_slice_generator/configs/train.json',"
+        "'bundles/ld_slice_generator/configs/instruct_pix2pix.json']\" --bundle_root bundles/ld_slice_generator",
+        ("--pairs", 64, "number of pairs"), 32, "slice size in pixels")
+    p.set_defaults(func=_run_aging_pairs)
 
 
 def _dataset_parser(data_sub, name: str, help: str, description: str, epilog: str, count: tuple[str, int, str],

@@ -6,6 +6,10 @@
 - :func:`make_brain_slices`: axial slices of the MNI152 2009 T1 template (nilearn wheel), with
   small random affine changes per slice, plus slices of any other NIfTI volumes given
   (Colin27, real scans) and any 2D images given as they are.
+- :func:`make_aging_pairs`: (source, target, instruction) triples for InstructPix2Pix, where
+  the target is the source after a simulated atrophy (:func:`simulate_atrophy`). It is a
+  stand-in for longitudinal scans of one subject, which no registry ships; real pairs go in
+  a datalist of the same form.
 
 Both write PNG slices and a datalist ``{"training": [...], "validation": [...]}`` whose
 entries hold ``image`` and ``prompt``.
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 from ldmonai.errors import LdmonaiError
 from ldmonai.io.atomic import atomic_path, atomic_write_json
 
-__all__ = ["NATURAL_SUBJECTS", "make_brain_slices", "make_natural_slices"]
+__all__ = ["NATURAL_SUBJECTS", "make_aging_pairs", "make_brain_slices", "make_natural_slices", "simulate_atrophy"]
 
 #: scikit-image sample photos bundled in its wheel, and what the caption calls them
 NATURAL_SUBJECTS = {
@@ -151,3 +155,53 @@ def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: in
         entries.append({"image": str(path), "prompt": prompt})
     order = rng.permutation(len(entries))
     return atomic_write_json(out / "datalist.json", _split([entries[k] for k in order], val_fraction))
+
+
+def simulate_atrophy(image: np.ndarray, years: float, rate: float = 0.015, width: float = 0.35) -> np.ndarray:
+    """A crude ageing model of an axial slice: the central structures (ventricles) widen.
+
+    Each output point at normalised radius r (from the image centre, in [-1, 1] units)
+    samples the input at r · (1 − a · exp(−r² / 2w²)) with a = ``rate`` · ``years``, so the
+    centre dilates smoothly and the skull stays put. ``(H, W)`` in, ``(H, W)`` out.
+    """
+    h, w = image.shape
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    shrink = 1 - rate * years * torch.exp(-(xx**2 + yy**2) / (2 * width**2))
+    grid = torch.stack([xx * shrink, yy * shrink], -1)[None]
+    src = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0].numpy()
+
+
+def make_aging_pairs(out_dir: str | os.PathLike, num_pairs: int = 64, size: int = 32, seed: int = 0,
+                     ages: tuple[int, int] = (60, 80), years: tuple[int, int] = (2, 12), age_style: str = "word",
+                     central_fraction: float = 0.5, val_fraction: float = 0.1) -> Path:
+    """Pairs of MNI152 slices before and after :func:`simulate_atrophy`, with instructions
+    such as "age this seventy year old brain into seventy-seven year old brain".
+
+    Entries hold ``source``, ``image`` (the target), ``prompt`` (the instruction), ``age`` and
+    ``target_age``. Returns the datalist path.
+    """
+    from monai.transforms import RandAffine
+
+    from ldmonai.data.mni_tissue import template_grid
+    from ldmonai.ld.prompts import PromptBuilder
+
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    prompts = PromptBuilder(fields=("age",), age_style=age_style)
+    t1, _, _ = template_grid((size, size, size))
+    affine = RandAffine(prob=1.0, rotate_range=0.15, scale_range=0.08, translate_range=size * 0.04, padding_mode="zeros")
+    affine.set_random_state(seed)
+    lo = int(size * (1 - central_fraction) / 2)
+    entries = []
+    for i in range(num_pairs):
+        z = int(rng.integers(lo, size - lo))
+        source = np.clip(np.rot90(affine(t1[:, :, :, z]).numpy()[0]), 0, 1)
+        age, k = int(rng.integers(*ages)), int(rng.integers(*years))
+        target = np.clip(simulate_atrophy(source, k), 0, 1)
+        paths = {key: out / "pairs" / f"{i:04d}_{key}.png" for key in ("source", "target")}
+        _save_png(source, paths["source"])
+        _save_png(target, paths["target"])
+        entries.append({"source": str(paths["source"]), "image": str(paths["target"]), "age": age, "target_age": age + k,
+                        "prompt": prompts.instruction({"age": age}, {"age": age + k})})
+    return atomic_write_json(out / "datalist.json", _split(entries, val_fraction))

@@ -47,6 +47,7 @@ def denoise(
     num_inference_steps: int,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    guide: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from pure noise to x0.
 
@@ -60,6 +61,8 @@ def denoise(
         generator: random source for stochastic steps (DDPM, DDIM with eta > 0); leave it out
             for deterministic schedulers such as PNDM.
         progress: show a progress bar.
+        guide: ``guide(x_t, t) -> x_t'``, a correction of the sample before each step
+            (Pix2Pix-Zero's cross-attention guidance); the step then starts from ``x_t'``.
 
     Returns:
         ``(B, C, *S)`` the final sample.
@@ -74,6 +77,8 @@ def denoise(
     following = steps[1:] + [0]
     for t, t_next in tqdm(list(zip(steps, following)), desc="sampling", leave=False, disable=not progress):
         t_batch = torch.full((sample.shape[0],), t, device=sample.device, dtype=torch.long)
+        if guide is not None:
+            sample = guide(sample, t_batch)
         output = model_fn(sample, t_batch)
         if rflow:
             sample, _ = scheduler.step(output, t, sample, t_next)

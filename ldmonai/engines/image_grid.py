@@ -13,7 +13,7 @@ import os
 from ignite.engine import Engine, Events
 from torch.utils.tensorboard import SummaryWriter
 
-from ldmonai.io.preview import segmentation_panel
+from ldmonai.io.preview import grey, panel, segmentation_panel
 
 
 class SegmentationGridHandler:
@@ -60,3 +60,42 @@ class SegmentationGridHandler:
     def flush(self, engine: Engine) -> None:
         if self._writer is not None:
             self._writer.flush()
+
+
+class SampleGridHandler:
+    """Every ``interval`` epochs, one TensorBoard image of samples drawn from fixed noise.
+
+    A generator's loss says little about its samples; the same seed at every interval shows
+    how they change as training goes on.
+
+    Args:
+        log_dir: TensorBoard folder.
+        sample_fn: ``sample_fn(model) -> (N, 1, H, W)`` images in [0, 1]; it gets the model
+            unwrapped from DistributedDataParallel, in eval mode.
+        interval: epochs between grids (and one after the last epoch).
+        tag: image tag.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, sample_fn, interval: int = 5, tag: str = "samples") -> None:
+        self.log_dir, self.sample_fn, self.interval, self.tag = str(log_dir), sample_fn, max(1, int(interval)), tag
+        self._writer: SummaryWriter | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval) | Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import torch
+
+        model = getattr(engine.network, "module", engine.network)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                images = self.sample_fn(model).detach().float().clamp(0, 1).cpu().numpy()
+        finally:
+            model.train(was_training)
+        if self._writer is None:
+            self._writer = SummaryWriter(self.log_dir)
+        row = panel([grey(img[0], percentiles=(0, 100)) for img in images])
+        self._writer.add_image(self.tag, row, global_step=engine.state.epoch, dataformats="HWC")
+        self._writer.flush()

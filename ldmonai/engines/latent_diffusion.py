@@ -49,10 +49,12 @@ class AutoencoderTrainStep:
 
 class LatentDiffusionTrainStep:
     """``iteration_update`` for :class:`~ldmonai.ld.model.LatentDiffusion` with latent drift ``delta``
-    (0 turns LD off); the model's ``forward`` returns the denoising loss."""
+    (0 turns LD off); the model's ``forward`` returns the denoising loss. A batch ``source``
+    (InstructPix2Pix pairs) is passed on as the source images; a batch ``prior`` flag marks
+    DreamBooth's class images, whose loss is weighted by ``prior_weight``."""
 
-    def __init__(self, delta: float | Sequence[float] = 0.0) -> None:
-        self.delta = delta
+    def __init__(self, delta: float | Sequence[float] = 0.0, prior_weight: float = 1.0) -> None:
+        self.delta, self.prior_weight = delta, prior_weight
 
     def __call__(self, engine: Any, batchdata: dict) -> dict:
         images = _images(engine, batchdata)
@@ -60,7 +62,15 @@ class LatentDiffusionTrainStep:
         engine.state.output = {Keys.IMAGE: images}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        loss = engine.network(images, prompts, self.delta)
+        sources = batchdata.get("source")
+        if sources is not None:
+            sources = torch.as_tensor(sources).to(engine.state.device, non_blocking=engine.non_blocking)
+        weights = None
+        if "prior" in batchdata:
+            prior = torch.as_tensor(batchdata["prior"]).bool().to(images.device)
+            weights = torch.where(prior, torch.full_like(prior, self.prior_weight, dtype=images.dtype),
+                                  torch.ones_like(prior, dtype=images.dtype))
+        loss = engine.network(images, prompts, self.delta, sources, weights)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         loss.backward()
         return finish_iteration(engine, {"loss": loss})

@@ -4,11 +4,15 @@
    gives the z_T from which the model regenerates the source.
 2. The edit direction is the difference of the mean text embeddings of two sentence sets
    (for example AD against CN descriptions): no paired images are needed.
-3. Sampling from the inverted z_T with the prompt's context plus the direction gives the
-   counterfactual. The latent drift δ applies to inversion and sampling alike.
+3. A reconstruction pass from z_T under the unedited context records the cross-attention
+   maps of every step: where each word "looks" in the source's layout.
+4. The edit pass samples from the same z_T with the context plus the direction. Before each
+   step, cross-attention guidance moves z_t down the gradient of the distance between its
+   maps under the edited context and the recorded ones (weight τ,
+   :func:`~ldmonai.ld.cross_attention.attention_distance`), so the structure of the source is
+   kept while the content follows the text. τ = 0 turns guidance off.
 
-Not implemented yet: the cross-attention guidance (weight τ) that Pix2Pix-Zero uses to keep
-the source's cross-attention maps while editing.
+The latent drift δ applies to inversion, reconstruction and editing alike.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from ldmonai.diffusion.sampling import denoise, invert
 from ldmonai.errors import LdmonaiError
+from ldmonai.ld.cross_attention import CrossAttentionMaps, attention_distance
 from ldmonai.ld.model import LatentDiffusion
 
 __all__ = ["Pix2PixZero", "edit_direction"]
@@ -39,10 +44,19 @@ class Pix2PixZero:
         model: the (fine-tuned) latent diffusion model.
         num_inference_steps: DDIM steps of inversion and of editing (the same schedule).
         delta: latent drift δ for both.
+        guidance: τ, the step size of the cross-attention guidance (Pix2Pix-Zero uses 0.1);
+            0 edits without it.
+
+    After :meth:`edit`, ``attention_error`` holds the edit pass's map distance per step
+    (before that step's correction), the quantity the guidance lowers.
     """
 
-    def __init__(self, model: LatentDiffusion, num_inference_steps: int = 50, delta: float | Sequence[float] = 0.0) -> None:
-        self.model, self.num_inference_steps, self.delta = model, num_inference_steps, delta
+    def __init__(self, model: LatentDiffusion, num_inference_steps: int = 50, delta: float | Sequence[float] = 0.0,
+                 guidance: float = 0.1) -> None:
+        if guidance < 0:
+            raise LdmonaiError(f"cross-attention guidance τ={guidance} is negative", None, "use τ >= 0 (0 turns it off)")
+        self.model, self.num_inference_steps, self.delta, self.guidance = model, num_inference_steps, delta, guidance
+        self.attention_error: list[float] = []
 
     def _model_fn(self, context: torch.Tensor):
         return lambda x, t: self.model.unet(x, timesteps=t, context=context)
@@ -55,11 +69,53 @@ class Pix2PixZero:
         return invert(self.model.sample_scheduler(self.delta), self._model_fn(context), latents, self.num_inference_steps)
 
     @torch.no_grad()
+    def reference_maps(self, inverted: torch.Tensor, context: torch.Tensor) -> dict[int, dict[str, torch.Tensor]]:
+        """Cross-attention maps of each step of the unedited reconstruction, by timestep."""
+        recorder, maps = CrossAttentionMaps(self.model.unet), {}
+
+        def record(x, t):
+            with recorder:
+                out = self.model.unet(x, timesteps=t, context=context)
+            maps[int(t[0])] = recorder.maps
+            return out
+
+        denoise(self.model.sample_scheduler(self.delta), record, inverted.clone(), self.num_inference_steps)
+        return maps
+
+    def _guide(self, context: torch.Tensor, reference: dict[int, dict[str, torch.Tensor]]):
+        recorder = CrossAttentionMaps(self.model.unet)
+
+        def guide(x, t):
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(True)
+                with recorder:
+                    self.model.unet(x_in, timesteps=t, context=context)
+                loss = attention_distance(recorder.maps, reference[int(t[0])])
+                self.attention_error.append(float(loss.detach()))
+                if self.guidance == 0:
+                    return x
+                (grad,) = torch.autograd.grad(loss, x_in)
+            return x - self.guidance * grad
+
+        return guide
+
+    @torch.no_grad()
     def edit(self, inverted: torch.Tensor, prompts: Sequence[str], direction: torch.Tensor | None = None,
-             strength: float = 1.0) -> torch.Tensor:
-        """Images from ``inverted`` with the prompts' context moved by ``strength * direction``."""
-        context = self.model.text_encoder(list(prompts))
-        if direction is not None:
-            context = context + strength * direction.to(context)
-        z = denoise(self.model.sample_scheduler(self.delta), self._model_fn(context), inverted.clone(), self.num_inference_steps)
+             strength: float = 1.0, track_attention: bool = False) -> torch.Tensor:
+        """Images from ``inverted`` with the prompts' context moved by ``strength * direction``.
+
+        Cross-attention guidance runs when τ > 0 and there is a direction (an empty edit
+        needs none); ``track_attention`` records the map distance with τ = 0 too.
+        """
+        source = self.model.text_encoder(list(prompts))
+        context = source if direction is None else source + strength * direction.to(source)
+        self.attention_error = []
+        guide = None
+        if (self.guidance > 0 and direction is not None) or track_attention:
+            if not CrossAttentionMaps(self.model.unet):
+                raise LdmonaiError("the UNet has no cross-attention to guide", None,
+                                   "build it with with_conditioning=True, or use guidance=0")
+            guide = self._guide(context, self.reference_maps(inverted, source))
+        z = denoise(self.model.sample_scheduler(self.delta), self._model_fn(context), inverted.clone(),
+                    self.num_inference_steps, guide=guide)
         return self.model.decode(z)

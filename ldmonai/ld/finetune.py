@@ -27,8 +27,8 @@ from ldmonai.ld.model import LatentDiffusion
 __all__ = ["SCHEMES", "dreambooth_loss", "load_custom_diffusion", "prepare_scheme", "save_custom_diffusion"]
 
 SCHEMES = ("full", "dreambooth", "textual_inversion", "custom_diffusion", "lora")
-#: projections that LoRA adapts in MONAI's attention blocks (self- and cross-attention)
-LORA_TARGETS = ("to_q", "to_k", "to_v", "out_proj")
+#: projections that LoRA adapts: MONAI attention blocks (out_proj) and diffusers ones (to_out.0)
+LORA_TARGETS = ("to_q", "to_k", "to_v", "out_proj", "to_out.0")
 
 
 def _cross_attention_kv(unet: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -26,24 +26,32 @@ class LatentDiffusion(nn.Module):
     """Autoencoder + text encoder + conditional latent denoiser.
 
     Args:
-        autoencoder: ``AutoencoderKL`` (frozen during LD fine-tuning).
-        unet: ``DiffusionModelUNet`` with ``with_conditioning=True``; its
+        autoencoder: MONAI ``AutoencoderKL`` (frozen during LD fine-tuning), or a diffusers
+            one behind :class:`~ldmonai.ld.diffusers_backend.DiffusersAutoencoder`.
+        unet: ``DiffusionModelUNet`` with ``with_conditioning=True`` (or a diffusers UNet behind
+            :class:`~ldmonai.ld.diffusers_backend.DiffusersUNet`); its
             ``cross_attention_dim`` equals the text encoder's width.
         text_encoder: ``encoder(prompts) -> (B, L, D)`` with ``add_tokens``.
         scale_factor: latent scaling (SD's 0.18215; set from the data's latent std).
-        num_train_timesteps, schedule: the training scheduler (MONAI DDPM); sampling
-            uses DDIM on the same betas.
+        num_train_timesteps, schedule, beta_start, beta_end: the training scheduler (MONAI
+            DDPM; the defaults are Stable Diffusion's); sampling uses DDIM on the same betas.
+        text_dropout: probability that a training prompt is replaced by "" (SD uses 0.1),
+            which teaches the unconditional branch of classifier-free guidance.
 
     Shapes: images ``(B, C, H, W)``; latents ``(B, C_z, H / f, W / f)``.
     """
 
     def __init__(self, autoencoder: AutoencoderKL, unet: DiffusionModelUNet, text_encoder: nn.Module,
-                 scale_factor: float = 1.0, num_train_timesteps: int = 1000, schedule: str = "scaled_linear_beta") -> None:
+                 scale_factor: float = 1.0, num_train_timesteps: int = 1000, schedule: str = "scaled_linear_beta",
+                 text_dropout: float = 0.0, beta_start: float = 0.00085, beta_end: float = 0.012) -> None:
         super().__init__()
+        if not 0 <= text_dropout < 1:
+            raise LdmonaiError(f"text_dropout={text_dropout} is not a probability below 1", None, "use a value in [0, 1)")
+        self.text_dropout = text_dropout
         self.autoencoder, self.unet, self.text_encoder = autoencoder, unet, text_encoder
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
         self.schedule_args = {"num_train_timesteps": num_train_timesteps, "schedule": schedule,
-                              "beta_start": 0.00085, "beta_end": 0.012}
+                              "beta_start": beta_start, "beta_end": beta_end}
 
     # Schedulers are built on demand: they hold no weights and sampling changes their state.
     def train_scheduler(self, delta: float | Sequence[float] = 0.0) -> LatentDriftScheduler:
@@ -54,14 +62,20 @@ class LatentDiffusion(nn.Module):
 
     @property
     def latent_channels(self) -> int:
-        return self.unet.in_channels
+        return self.unet.out_channels
+
+    def _autoencoder_geometry(self) -> tuple[int, int]:
+        """(image channels, downsampling factor) of the autoencoder, MONAI's or an adapter's."""
+        ae = self.autoencoder
+        if hasattr(ae, "downsample_factor"):
+            return ae.in_channels, ae.downsample_factor
+        return ae.encoder.in_channels, 2 ** (len(ae.encoder.channels) - 1)
 
     def check_images(self, images: torch.Tensor) -> None:
-        expected = self.autoencoder.encoder.in_channels
+        expected, f = self._autoencoder_geometry()
         if images.ndim != 4 or images.shape[1] != expected:
             raise LdmonaiError(f"images of shape {tuple(images.shape)} do not fit the autoencoder, which takes "
                                f"(B, {expected}, H, W)", None, "convert the slices to the autoencoder's channels")
-        f = 2 ** (len(self.autoencoder.encoder.channels) - 1)
         if images.shape[2] % f or images.shape[3] % f:
             raise LdmonaiError(f"slice size {tuple(images.shape[2:])} is not a multiple of {f}, the autoencoder's "
                                "downsampling", None, f"resize or pad the slices to a multiple of {f}")
@@ -81,27 +95,53 @@ class LatentDiffusion(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor)
 
+    def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                      sources: torch.Tensor | None = None) -> torch.Tensor:
+        """ε_θ(z_t, t, text) ``(B, C_z, h, w)``; a text-to-image model takes no source latent."""
+        if sources is not None:
+            raise LdmonaiError("this text-to-image model takes no source image", None,
+                               "use InstructPix2Pix (a UNet with twice the latent channels) for image-to-image training")
+        return self.unet(noisy, timesteps=timesteps, context=context)
+
+    def drop_conditions(self, prompts: list[str], sources: torch.Tensor | None, generator: torch.Generator | None):
+        """Training-time condition dropout for classifier-free guidance: each prompt becomes ""
+        with probability ``text_dropout`` (the unconditional branch that ``sample`` uses)."""
+        if self.training and self.text_dropout > 0:
+            keep = torch.rand(len(prompts), generator=generator) >= self.text_dropout
+            prompts = [p if k else "" for p, k in zip(prompts, keep.tolist())]
+        return prompts, sources
+
     def denoising_loss(self, latents: torch.Tensor, prompts: Sequence[str], delta: float | Sequence[float] = 0.0,
-                       generator: torch.Generator | None = None, reduction: str = "mean") -> torch.Tensor:
+                       generator: torch.Generator | None = None, reduction: str = "mean",
+                       sources: torch.Tensor | None = None) -> torch.Tensor:
         """MSE between ε and ε_θ(z_t, t, text) with z_t from the drifted forward process.
 
         ``reduction="none"`` gives one loss per item, for losses that weight items (DreamBooth).
+        ``sources``: ``(B, C_z, h, w)`` source latents, for image-to-image models.
         """
         sched = self.train_scheduler(delta)
         noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
         t = torch.randint(0, sched.num_train_timesteps, (latents.shape[0],), generator=generator).to(latents.device)
         noisy = sched.add_noise(latents, noise, t)
-        pred = self.unet(noisy, timesteps=t, context=self.text_encoder(list(prompts)))
+        prompts, sources = self.drop_conditions(list(prompts), sources, generator)
+        pred = self.predict_noise(noisy, t, self.text_encoder(prompts), sources)
         loss = F.mse_loss(pred, noise, reduction="none").flatten(1).mean(1)
         return loss.mean() if reduction == "mean" else loss
 
-    def forward(self, images: torch.Tensor, prompts: Sequence[str], delta: float | Sequence[float] = 0.0) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, prompts: Sequence[str], delta: float | Sequence[float] = 0.0,
+                sources: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss for a batch of slices ``(B, C, H, W)`` and their prompts.
 
         Through ``forward`` so that a DistributedDataParallel wrapper sees the training pass;
-        the latents are drawn from the (frozen) autoencoder's posterior.
+        the latents are drawn from the (frozen) autoencoder's posterior. ``weights`` ``(B,)``
+        weight the items (DreamBooth's class-prior items); the loss is their weighted sum / B.
         """
-        return self.denoising_loss(self.encode(images, sample=True), prompts, delta)
+        sources = None if sources is None else self.encode(sources)
+        latents = self.encode(images, sample=True)
+        if weights is None:
+            return self.denoising_loss(latents, prompts, delta, sources=sources)
+        per_item = self.denoising_loss(latents, prompts, delta, reduction="none", sources=sources)
+        return (per_item * weights.to(per_item)).mean()
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], latent_size: Sequence[int], delta: float | Sequence[float] = 0.0,

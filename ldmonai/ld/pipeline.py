@@ -21,8 +21,9 @@ from ldmonai.ld.finetune import prepare_scheme
 from ldmonai.ld.model import LatentDiffusion
 from ldmonai.ld.prompts import PromptBuilder
 
-__all__ = ["datalist_entries", "default_vocabulary", "delta_grid_image", "evaluate_generation", "finetune_model",
-           "generate_slices", "latent_scale", "load_model", "load_slices", "run_delta_search"]
+__all__ = ["datalist_entries", "default_vocabulary", "delta_grid_image", "edit_slices", "evaluate_generation",
+           "finetune_model", "generate_slices", "with_class_images", "instruct_pix2pix_model", "latent_scale", "load_model", "load_slices",
+           "run_delta_search"]
 
 
 def default_vocabulary() -> list[str]:
@@ -48,14 +49,18 @@ def datalist_entries(datalist: str | os.PathLike, split: str = "training") -> li
     return entries
 
 
-def load_slices(datalist: str | os.PathLike, split: str = "validation", limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
-    """``(N, 1, H, W)`` slices in [0, 1] and their prompts from a datalist with ``image`` and ``prompt``."""
+def load_slices(datalist: str | os.PathLike, split: str = "validation", limit: int | None = None,
+                key: str = "image") -> tuple[torch.Tensor, list[str]]:
+    """``(N, 1, H, W)`` slices in [0, 1] of ``key`` and their prompts from a datalist with ``image`` and ``prompt``."""
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
 
     entries = datalist_entries(datalist, split)[:limit]
-    load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), ScaleIntensityd("image")])
+    missing = [i for i, e in enumerate(entries) if not e.get(key)]
+    if missing:
+        raise LdmonaiError(f"{split}[{missing[0]}] has no {key!r}", datalist, f'give every entry a "{key}" image')
+    load = Compose([LoadImaged(key, image_only=True), EnsureChannelFirstd(key), ScaleIntensityd(key)])
     items = [load(e) for e in entries]
-    return torch.stack([torch.as_tensor(i["image"]).float() for i in items]), [i["prompt"] for i in items]
+    return torch.stack([torch.as_tensor(i[key]).float() for i in items]), [i["prompt"] for i in items]
 
 
 @torch.no_grad()
@@ -96,6 +101,48 @@ def finetune_model(model: LatentDiffusion, pretrained_path: str | os.PathLike | 
     if scheme:
         prepare_scheme(model, scheme, token, initializer)
     return model.to(device)
+
+
+def instruct_pix2pix_model(model, pretrained_path: str | os.PathLike | None, device: str | torch.device = "cpu"):
+    """The InstructPix2Pix model to train: text-to-image weights widened into it, the UNet open
+    (the paper fine-tunes the whole UNet), the autoencoder and the text encoder frozen."""
+    from ldmonai.ld.instruct_pix2pix import widen_from_text_to_image
+
+    if pretrained_path:
+        from ldmonai.engines.checkpoint import require_checkpoint
+
+        widen_from_text_to_image(model, require_checkpoint(pretrained_path))
+    model.requires_grad_(False)
+    model.unet.requires_grad_(True)
+    return model.to(device)
+
+
+def with_class_images(entries: list[dict], model: LatentDiffusion, out_dir: str | os.PathLike, instance_prompt: str,
+                      class_prompt: str, num_class_images: int, latent_size: Sequence[int], num_inference_steps: int = 50,
+                      seed: int = 0) -> list[dict]:
+    """DreamBooth's training set: the instance slices under ``instance_prompt`` (with the
+    identifier, e.g. "a brain mri of a <sks> brain") plus ``num_class_images`` slices that the
+    model generates for ``class_prompt`` before fine-tuning, flagged ``prior``.
+
+    Class images already in ``out_dir`` (a resumed run) are reused, not regenerated.
+    """
+    from ldmonai.io.atomic import atomic_path
+    from ldmonai.io.preview import save_png
+
+    if not entries:
+        raise LdmonaiError("no instance slices to fine-tune on", None, "give the datalist a non-empty 'training' split")
+    out = Path(out_dir)
+    paths = [out / f"class_{i:04d}.png" for i in range(num_class_images)]
+    todo = [i for i, p in enumerate(paths) if not p.is_file()]
+    if todo:
+        was_training = model.training
+        model.eval()
+        images = _slices(model, [class_prompt] * len(todo), latent_size, 0.0, num_inference_steps, seed).numpy()
+        model.train(was_training)
+        for i, img in zip(todo, images):
+            save_png(paths[i], np.clip(img[0] * 255 + 0.5, 0, 255).astype(np.uint8), min_size=0)
+    instance = [{**e, "prompt": instance_prompt, "prior": False} for e in entries]
+    return instance + [{"image": str(p), "prompt": class_prompt, "prior": True} for p in paths]
 
 
 def _as_json(delta: float | Sequence[float]) -> float | list[float]:
@@ -175,18 +222,128 @@ def run_delta_search(model: LatentDiffusion, datalist: str | os.PathLike, out_di
     return summary
 
 
+def _class_values(entries: list[dict], class_key: str, datalist, split: str) -> list:
+    missing = [i for i, e in enumerate(entries) if e.get(class_key) in (None, "")]
+    if missing:
+        raise LdmonaiError(f"{split}[{missing[0]}] has no {class_key!r}", datalist,
+                           f'give every slice a "{class_key}" value, or set class_key to null')
+    return [e[class_key] for e in entries]
+
+
+def _train_on_synthetic(model, datalist, split, class_key, latent_size, delta, num_samples, num_inference_steps,
+                        seed, epochs) -> dict:
+    from ldmonai.metrics.classifier_auc import classifier_auc
+
+    train = datalist_entries(datalist, "training")
+    train_classes = _class_values(train, class_key, datalist, "training")
+    test_classes = _class_values(datalist_entries(datalist, split), class_key, datalist, split)
+    real, _ = load_slices(datalist, split)
+    images, labels = [], []
+    for k, value in enumerate(sorted(set(train_classes), key=str)):
+        class_prompts = [e["prompt"] for e, c in zip(train, train_classes) if c == value]
+        images.append(_slices(model, _cycle(class_prompts, num_samples), latent_size, delta, num_inference_steps, seed + 1 + k))
+        labels += [value] * num_samples
+    return classifier_auc(torch.cat(images), labels, real, test_classes, epochs=epochs, seed=seed)
+
+
 def evaluate_generation(model: LatentDiffusion, datalist: str | os.PathLike, out_dir: str | os.PathLike,
                         latent_size: Sequence[int], delta: float | Sequence[float] = 0.0, split: str = "test",
                         num_samples: int = 64, num_inference_steps: int = 50, seed: int = 0,
-                        feature_weights: str | os.PathLike | None = None) -> dict:
-    """FID and KID between ``num_samples`` generated slices and the real slices of ``split``."""
+                        feature_weights: str | os.PathLike | None = None, class_key: str | None = None,
+                        classifier_epochs: int = 30) -> dict:
+    """FID and KID between ``num_samples`` generated slices and the real slices of ``split``.
+
+    With ``class_key`` (for example ``"diagnosis"``), also the AUC of a ResNet-18 trained on
+    slices generated from the training split's prompts of each class and tested on the real
+    slices of ``split`` (:func:`~ldmonai.metrics.classifier_auc.classifier_auc`).
+    """
     from ldmonai.io.atomic import atomic_write_json
     from ldmonai.metrics.generative import SliceFeatures, generative_metrics
 
     real, prompts = load_slices(datalist, split)
     fake = _slices(model, _cycle(prompts, num_samples), latent_size, delta, num_inference_steps, seed)
     metrics = generative_metrics(fake, real, SliceFeatures(feature_weights, size=max(32, real.shape[-1])))
+    if class_key:
+        metrics["classifier"] = _train_on_synthetic(model, datalist, split, class_key, latent_size, delta,
+                                                    num_samples, num_inference_steps, seed, classifier_epochs)
     metrics["delta"] = _as_json(delta)
     atomic_write_json(Path(out_dir) / "metrics.json", metrics)
     print(json.dumps(metrics, indent=2))
     return metrics
+
+
+def edit_slices(model: LatentDiffusion, datalist: str | os.PathLike, out_dir: str | os.PathLike,
+                method: str = "pix2pix_zero", split: str = "validation", limit: int | None = 8,
+                delta: float | Sequence[float] = 0.0, num_inference_steps: int = 50, seed: int = 0,
+                source_sentences: Sequence[str] = (), target_sentences: Sequence[str] = (), strength: float = 1.0,
+                cross_attention_guidance: float = 0.1, image_guidance: float = 1.5, text_guidance: float = 7.5,
+                lpips_model: str | os.PathLike | None = None) -> dict:
+    """Counterfactuals of the slices of ``split``, with PNG pairs, NIfTI and source-vs-edit metrics.
+
+    ``method``:
+
+    - ``pix2pix_zero``: each ``image`` is inverted under its ``prompt`` and resampled with the
+      text direction from ``source_sentences`` to ``target_sentences``;
+    - ``instruct_pix2pix``: each ``source`` is edited by its ``prompt`` (an instruction) with
+      an :class:`~ldmonai.ld.instruct_pix2pix.InstructPix2Pix` model.
+
+    Writes ``<i>.png`` (source | counterfactual), ``<i>.nii.gz`` and ``edit_metrics.csv``
+    (SSIM and PSNR between source and counterfactual, MONAI metrics; LPIPS with a local
+    ``lpips_model``, :mod:`ldmonai.metrics.perceptual`) and returns the means.
+    """
+    import csv
+
+    import nibabel as nib
+    from monai.metrics import PSNRMetric, SSIMMetric
+
+    from ldmonai.io.atomic import atomic_path, atomic_write_json
+    from ldmonai.io.preview import grey, panel, save_png
+    from ldmonai.ld.editing import Pix2PixZero, edit_direction
+    from ldmonai.ld.instruct_pix2pix import InstructPix2Pix
+
+    lpips_net = None
+    if lpips_model:
+        from ldmonai.metrics.perceptual import load_lpips
+
+        lpips_net = load_lpips(lpips_model)  # before the slow part: a bad path fails at once
+    methods = ("pix2pix_zero", "instruct_pix2pix")
+    if method not in methods:
+        raise LdmonaiError(f"unknown editing method {method!r}", None, f"use one of {', '.join(methods)}")
+    if method == "instruct_pix2pix":
+        if not isinstance(model, InstructPix2Pix):
+            raise LdmonaiError("instruct_pix2pix editing needs an InstructPix2Pix model", None,
+                               "merge configs/instruct_pix2pix.json and load the weights it trained")
+        sources, prompts = load_slices(datalist, split, limit, key="source")
+        edited = model.edit(sources, prompts, delta, num_inference_steps, image_guidance, text_guidance,
+                            generator=torch.Generator().manual_seed(seed))
+    else:
+        sources, prompts = load_slices(datalist, split, limit)
+        direction = edit_direction(model.text_encoder, source_sentences, target_sentences)
+        editor = Pix2PixZero(model, num_inference_steps, delta, cross_attention_guidance)
+        edited = editor.edit(editor.invert(sources, prompts), prompts, direction, strength)
+    edited = edited.clamp(0, 1).cpu()
+    ssim = SSIMMetric(spatial_dims=2, data_range=1.0)(edited, sources).flatten()
+    psnr = PSNRMetric(max_val=1.0)(edited, sources).flatten()
+    lpips = None
+    if lpips_net is not None:
+        from ldmonai.metrics.perceptual import lpips_distance
+
+        lpips = lpips_distance(lpips_net, edited, sources)
+    out = Path(out_dir)
+    rows = []
+    for i in range(len(sources)):
+        save_png(out / f"{i:03d}.png", panel([grey(sources[i, 0].numpy(), (0, 100)), grey(edited[i, 0].numpy(), (0, 100))]))
+        with atomic_path(out / f"{i:03d}.nii.gz") as tmp:
+            nib.save(nib.Nifti1Image(edited[i, 0].numpy().T.astype(np.float32), np.eye(4)), str(tmp))
+        rows.append({"case": i, "prompt": prompts[i], "ssim": float(ssim[i]), "psnr": float(psnr[i]),
+                     "lpips": "" if lpips is None else float(lpips[i])})
+    with atomic_path(out / "edit_metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {"method": method, "cases": len(rows), "delta": _as_json(delta), "ssim": float(ssim.mean()),
+               "psnr": float(psnr.mean()), "lpips": None if lpips is None else float(lpips.mean())}
+    if lpips is None:
+        summary["lpips_note"] = "not computed: set lpips_model to a local TorchScript LPIPS file"
+    atomic_write_json(out / "edit_summary.json", summary)
+    return summary

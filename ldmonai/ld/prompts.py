@@ -126,12 +126,18 @@ class PromptBuilder:
     def __call__(self, record: Mapping | None = None) -> str:
         return self.rng.choice(self.templates).format(modality=self.modality, subject=self.subject_phrase(record))
 
+    def instruction(self, source: Mapping, target: Mapping) -> str:
+        """An InstructPix2Pix edit instruction from the source's to the target's patient fields,
+        e.g. "age this seventy year old brain with normal cognition into seventy-seven year old
+        brain with mild cognitive impairment"."""
+        return f"age this {self.subject_phrase(source)} into {self.subject_phrase(target)}"
+
     def vocabulary(self) -> list[str]:
         """Every word these prompts can use, for the toolkit's own word-level text encoder."""
         words = set()
         for t in self.templates:
             words.update(t.replace(",", " , ").replace("{modality}", self.modality).replace("{subject}", self.subject).split())
-        words.update("slightly moderately significantly old year female male with".split())
+        words.update("slightly moderately significantly old year female male with age this into".split())
         for a in range(130):
             words.update(age_in_words(a).split())
         for dx in DIAGNOSES.values():

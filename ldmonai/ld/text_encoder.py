@@ -2,7 +2,7 @@
 
 ``encoder(prompts) -> (B, L, D)`` context, with learned tokens (``add_tokens``) for Textual
 Inversion, Custom Diffusion and DreamBooth identifiers. A CLIP text model loaded from a
-local folder is to plug in behind the same interface (not built yet). Learned tokens live in
+local folder plugs in behind the same interface (:mod:`ldmonai.ld.clip_text_encoder`). Learned tokens live in
 their own parameter, apart from the pretrained table, so that a scheme that trains only them
 cannot move any other embedding (not even through weight decay).
 """
@@ -20,7 +20,7 @@ from torch import nn
 
 from ldmonai.errors import LdmonaiError
 
-__all__ = ["TinyTextEncoder", "WordTokenizer", "load_learned_tokens", "save_learned_tokens"]
+__all__ = ["LearnedTokens", "TinyTextEncoder", "WordTokenizer", "load_learned_tokens", "save_learned_tokens"]
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
@@ -59,7 +59,34 @@ class WordTokenizer:
         return torch.tensor(rows, dtype=torch.long)
 
 
-class TinyTextEncoder(nn.Module):
+class LearnedTokens:
+    """What every LD text encoder shares about learned tokens (TI placeholders, DreamBooth
+    identifiers): their artifact, and reading it back.
+
+    The encoder provides ``dim``, ``learned_tokens``, ``learned_embedding`` (one row per learned
+    token, the only parameter TI trains), ``num_base`` (the first learned id) and
+    ``add_tokens(words, initializer) -> ids``.
+    """
+
+    def learned_state(self) -> dict:
+        """The learned tokens and their embeddings, the part of this encoder that TI and CD save."""
+        return {"tokens": self.learned_tokens, "embeddings": self.learned_embedding.detach().cpu()}
+
+    def load_learned_state(self, state: dict, path: str | os.PathLike | None = None) -> list[str]:
+        """Add the tokens of :meth:`learned_state` (read from ``path``) with their embeddings."""
+        tokens, emb = list(state["tokens"]), state["embeddings"]
+        if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape != (len(tokens), self.dim):
+            shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+            raise LdmonaiError(f"embeddings of shape {shape} do not fit {len(tokens)} tokens of width {self.dim}",
+                               path, "load it into the text encoder it was trained with")
+        ids = self.add_tokens(tokens)
+        with torch.no_grad():
+            for tok_id, row in zip(ids, emb):
+                self.learned_embedding[tok_id - self.num_base] = row.to(self.learned_embedding)
+        return tokens
+
+
+class TinyTextEncoder(LearnedTokens, nn.Module):
     """Word embeddings, learned positions and a small Transformer encoder.
 
     The offline stand-in for CLIP's text model in tests and the demo: same interface, a
@@ -115,23 +142,6 @@ class TinyTextEncoder(nn.Module):
                 self.tokenizer.add(w)
         return [self.tokenizer.index[w.lower()] for w in words]
 
-    def learned_state(self) -> dict:
-        """The learned tokens and their embeddings, the part of this encoder that TI and CD save."""
-        return {"tokens": self.learned_tokens, "embeddings": self.learned_embedding.detach().cpu()}
-
-    def load_learned_state(self, state: dict, path: str | os.PathLike | None = None) -> list[str]:
-        """Add the tokens of :meth:`learned_state` (read from ``path``) with their embeddings."""
-        tokens, emb = list(state["tokens"]), state["embeddings"]
-        if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape != (len(tokens), self.dim):
-            shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
-            raise LdmonaiError(f"embeddings of shape {shape} do not fit {len(tokens)} tokens of width {self.dim}",
-                               path, "load it into the text encoder it was trained with")
-        ids = self.add_tokens(tokens)
-        with torch.no_grad():
-            for tok_id, row in zip(ids, emb):
-                self.learned_embedding[tok_id - self.num_base] = row.to(self.learned_embedding)
-        return tokens
-
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         table = torch.cat([self.token_embedding.weight, self.learned_embedding], dim=0)
         return F.embedding(ids, table)
@@ -143,14 +153,14 @@ class TinyTextEncoder(nn.Module):
         return self.norm(self.encoder(x, src_key_padding_mask=ids == 0))
 
 
-def save_learned_tokens(encoder: TinyTextEncoder, path: str | os.PathLike) -> Path:
+def save_learned_tokens(encoder: LearnedTokens, path: str | os.PathLike) -> Path:
     """The small artifact of Textual Inversion: learned token names and their embeddings."""
     from ldmonai.engines.checkpoint import atomic_torch_save
 
     return atomic_torch_save(encoder.learned_state(), path)
 
 
-def load_learned_tokens(encoder: TinyTextEncoder, path: str | os.PathLike) -> list[str]:
+def load_learned_tokens(encoder: LearnedTokens, path: str | os.PathLike) -> list[str]:
     """Add the tokens saved by :func:`save_learned_tokens` to ``encoder`` with their embeddings."""
     from ldmonai.engines.checkpoint import read_torch_file
 

@@ -1,0 +1,140 @@
+"""InstructPix2Pix-style counterfactuals: a latent denoiser that also sees the source image.
+
+Brooks et al., "InstructPix2Pix: Learning to Follow Image Editing Instructions" (CVPR 2023),
+as LD uses it for paired data such as longitudinal scans of one subject ("age this 70 year
+old brain into 77 with MCI"):
+
+- the UNet's input is widened from C_z to 2·C_z channels: [z_t, E(source)]. The extra input
+  weights start at zero (:func:`widen_from_text_to_image`), so at the start of fine-tuning
+  the model is exactly the pretrained text-to-image model;
+- training drops the text, the source, or both (5 % each), so that one network also knows the
+  unconditional branches;
+- sampling combines three predictions with an image scale s_I and a text scale s_T:
+
+      ε = ε(z, ∅, ∅) + s_I · (ε(z, c_I, ∅) − ε(z, ∅, ∅)) + s_T · (ε(z, c_I, c_T) − ε(z, c_I, ∅))
+
+The latent drift δ enters through the scheduler wrapper, as for text-to-image.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from ldmonai.diffusion.sampling import denoise
+from ldmonai.errors import LdmonaiError
+from ldmonai.ld.model import LatentDiffusion
+
+__all__ = ["InstructPix2Pix", "widen_from_text_to_image"]
+
+
+class InstructPix2Pix(LatentDiffusion):
+    """:class:`LatentDiffusion` with a source-conditioned UNet (``in_channels == 2 * out_channels``).
+
+    Args:
+        condition_dropout: probability of dropping the text only, the source only, and both
+            (each; the paper's 0.05 drops 15 % of the items in some way). It replaces
+            ``text_dropout``, which is accepted so that one network definition serves both models.
+        Other arguments as for :class:`LatentDiffusion`.
+
+    Shapes: ``images`` and ``sources`` ``(B, C, H, W)``; their latents ``(B, C_z, h, w)``.
+    """
+
+    def __init__(self, autoencoder, unet, text_encoder, scale_factor: float = 1.0, num_train_timesteps: int = 1000,
+                 schedule: str = "scaled_linear_beta", text_dropout: float = 0.0, condition_dropout: float = 0.05) -> None:
+        super().__init__(autoencoder, unet, text_encoder, scale_factor, num_train_timesteps, schedule, text_dropout)
+        if unet.in_channels != 2 * unet.out_channels:
+            raise LdmonaiError(f"the UNet takes {unet.in_channels} channels and predicts {unet.out_channels}; "
+                               "InstructPix2Pix needs twice the latent channels in", None,
+                               "build the UNet with in_channels = 2 * latent_channels")
+        if not 0 <= condition_dropout <= 1 / 3:
+            raise LdmonaiError(f"condition_dropout={condition_dropout} is outside [0, 1/3]", None,
+                               "it is the probability of each of three drop cases; the paper uses 0.05")
+        self.condition_dropout = condition_dropout
+
+    def predict_noise(self, noisy, timesteps, context, sources=None):
+        if sources is None:
+            raise LdmonaiError("InstructPix2Pix needs a source image for every target", None,
+                               "give every datalist entry a 'source' image beside its 'image'")
+        if sources.shape != noisy.shape:
+            raise LdmonaiError(f"source latents {tuple(sources.shape)} and target latents {tuple(noisy.shape)} differ",
+                               None, "give source and target slices of the same size")
+        return self.unet(torch.cat([noisy, sources], 1), timesteps=timesteps, context=context)
+
+    def drop_conditions(self, prompts, sources, generator):
+        p = self.condition_dropout
+        if not self.training or p == 0 or sources is None:
+            return prompts, sources
+        r = torch.rand(len(prompts), generator=generator)
+        drop_text = (r < p) | ((r >= 2 * p) & (r < 3 * p))
+        drop_source = (r >= p) & (r < 3 * p)
+        prompts = ["" if d else q for q, d in zip(prompts, drop_text.tolist())]
+        keep = (~drop_source).to(sources).reshape(-1, *([1] * (sources.ndim - 1)))
+        return prompts, sources * keep
+
+    def forward(self, images, prompts, delta=0.0, sources=None, weights=None):
+        if sources is None:
+            raise LdmonaiError("the batch has no 'source' images", None,
+                               "InstructPix2Pix trains on pairs: give every datalist entry a 'source'")
+        return super().forward(images, prompts, delta, sources, weights)
+
+    def sample(self, *args, **kwargs):
+        raise LdmonaiError("InstructPix2Pix edits a source image; it does not sample from text alone", None,
+                           "call edit(sources, prompts), or use the text-to-image model")
+
+    @torch.no_grad()
+    def edit(self, sources: torch.Tensor, prompts: Sequence[str], delta: float | Sequence[float] = 0.0,
+             num_inference_steps: int = 50, image_guidance: float = 1.5, text_guidance: float = 7.5,
+             generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """Counterfactuals ``(B, C, H, W)`` of ``sources`` following the instructions ``prompts``.
+
+        ``image_guidance`` s_I > 1 keeps closer to the source; ``text_guidance`` s_T > 1 follows the
+        instruction harder. With both at 1 this is the plain conditional sampler.
+        """
+        if len(prompts) != sources.shape[0]:
+            raise LdmonaiError(f"{len(prompts)} instructions for {sources.shape[0]} source images", None,
+                               "give one instruction per source image")
+        device = self.scale_factor.device
+        source = self.encode(sources.to(device))
+        sched = self.sample_scheduler(delta)
+        z = sched.prior(source.shape, generator=generator).to(device)
+        context = self.text_encoder(list(prompts))
+        empty = self.text_encoder([""] * len(prompts))
+        no_source = torch.zeros_like(source)
+
+        def model_fn(x, t):
+            full, image_only, none = self.unet(
+                torch.cat([torch.cat([x, source], 1), torch.cat([x, source], 1), torch.cat([x, no_source], 1)]),
+                timesteps=torch.cat([t, t, t]), context=torch.cat([context, empty, empty])).chunk(3)
+            return none + image_guidance * (image_only - none) + text_guidance * (full - image_only)
+
+        return self.decode(denoise(sched, model_fn, z, num_inference_steps, progress=progress))
+
+
+def widen_from_text_to_image(model: InstructPix2Pix, path: str | os.PathLike) -> InstructPix2Pix:
+    """Load text-to-image :class:`LatentDiffusion` weights into ``model``, widening the UNet's
+    input convolution with zero weights for the source channels (the paper's initialisation).
+
+    Every other tensor must match; the learned tokens and adapters of a scheme are not carried.
+    """
+    from ldmonai.engines.checkpoint import load_state_dict
+
+    state = load_state_dict(path, "text-to-image LD weights")
+    own = model.state_dict()
+    widened = {}
+    for name, value in state.items():
+        target = own.get(name)
+        if target is not None and value.ndim >= 2 and value.shape[0] == target.shape[0] \
+                and value.shape[2:] == target.shape[2:] and 2 * value.shape[1] == target.shape[1]:
+            pad = torch.zeros_like(value)
+            widened[name] = torch.cat([value, pad], 1)
+        else:
+            widened[name] = value
+    try:
+        model.load_state_dict(widened)
+    except RuntimeError as err:
+        raise LdmonaiError(f"the text-to-image weights do not fit ({str(err).splitlines()[0]})", path,
+                           "build the InstructPix2Pix model with the pretrained model's sizes") from None
+    return model
