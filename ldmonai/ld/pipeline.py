@@ -273,14 +273,14 @@ def evaluate_generation(model: LatentDiffusion, datalist: str | os.PathLike, out
 
 
 def edit_slices(model: LatentDiffusion, datalist: str | os.PathLike, out_dir: str | os.PathLike,
-                method: str = "pix2pix_zero", split: str = "validation", limit: int | None = 8,
+                method: str = "auto", split: str = "validation", limit: int | None = 8,
                 delta: float | Sequence[float] = 0.0, num_inference_steps: int = 50, seed: int = 0,
                 source_sentences: Sequence[str] = (), target_sentences: Sequence[str] = (), strength: float = 1.0,
                 cross_attention_guidance: float = 0.1, image_guidance: float = 1.5, text_guidance: float = 7.5,
                 lpips_model: str | os.PathLike | None = None) -> dict:
     """Counterfactuals of the slices of ``split``, with PNG pairs, NIfTI and source-vs-edit metrics.
 
-    ``method``:
+    ``method`` (``auto``: InstructPix2Pix for an InstructPix2Pix model, Pix2Pix-Zero otherwise):
 
     - ``pix2pix_zero``: each ``image`` is inverted under its ``prompt`` and resampled with the
       text direction from ``source_sentences`` to ``target_sentences``;
@@ -307,8 +307,10 @@ def edit_slices(model: LatentDiffusion, datalist: str | os.PathLike, out_dir: st
 
         lpips_net = load_lpips(lpips_model)  # before the slow part: a bad path fails at once
     methods = ("pix2pix_zero", "instruct_pix2pix")
+    if method == "auto":
+        method = methods[isinstance(model, InstructPix2Pix)]
     if method not in methods:
-        raise LdmonaiError(f"unknown editing method {method!r}", None, f"use one of {', '.join(methods)}")
+        raise LdmonaiError(f"unknown editing method {method!r}", None, f"use auto or one of {', '.join(methods)}")
     if method == "instruct_pix2pix":
         if not isinstance(model, InstructPix2Pix):
             raise LdmonaiError("instruct_pix2pix editing needs an InstructPix2Pix model", None,
