@@ -112,3 +112,8 @@ def test_data_slice_sets_for_ld(tmp_path, capsys):
                 "--volume", str(tmp_path / "broken.nii.gz")])
     err = capsys.readouterr().err
     assert code == 1 and "broken.nii.gz: cannot read volume" in err and "Traceback" not in err
+    assert cli(["data", "aging-pairs", str(tmp_path / "pairs"), "--pairs", "4", "--size", "16"]) == 0
+    pairs = _json.loads((tmp_path / "pairs" / "datalist.json").read_text())
+    entry = (pairs["training"] + pairs["validation"])[0]
+    assert Path(entry["source"]).is_file() and Path(entry["image"]).is_file()
+    assert entry["prompt"].startswith("age this ") and entry["target_age"] > entry["age"]
