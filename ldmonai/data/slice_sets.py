@@ -63,6 +63,23 @@ def _split(entries: list[dict], val_fraction: float) -> dict[str, list[dict]]:
     return {"training": entries[: len(entries) - n_val], "validation": entries[len(entries) - n_val :]}
 
 
+def _template_slices(num: int, size: int, seed: int, central_fraction: float, rng: np.random.Generator):
+    """``num`` axial MNI152 T1 slices ``(size, size)`` in [0, 1], oriented for display, from the
+    central ``central_fraction`` of the axial extent, each with a small random rotation, scale
+    and shift (``seed``); slice positions come from ``rng``."""
+    from monai.transforms import RandAffine
+
+    from ldmonai.data.mni_tissue import template_grid
+
+    t1, _, _ = template_grid((size, size, size))
+    affine = RandAffine(prob=1.0, rotate_range=0.15, scale_range=0.08, translate_range=size * 0.04, padding_mode="zeros")
+    affine.set_random_state(seed)
+    lo = int(size * (1 - central_fraction) / 2)
+    for _ in range(num):
+        z = int(rng.integers(lo, size - lo))
+        yield np.clip(np.rot90(affine(t1[:, :, :, z]).numpy()[0]), 0, 1)
+
+
 def make_natural_slices(out_dir: str | os.PathLike, num_images: int = 256, size: int = 32, seed: int = 0,
                         val_fraction: float = 0.1) -> Path:
     """Random square crops (10 to 100% of the shorter side) of the sample photos, grey, ``size``².
@@ -112,22 +129,13 @@ def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: in
         images: further 2D images (PNG, NIfTI slices) added as they are, resized.
     """
     import nibabel as nib
-    from monai.transforms import RandAffine
-
-    from ldmonai.data.mni_tissue import template_grid
 
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
-    t1, _, _ = template_grid((size, size, size))
-    affine = RandAffine(prob=1.0, rotate_range=0.15, scale_range=0.08, translate_range=size * 0.04, padding_mode="zeros")
-    affine.set_random_state(seed)
-    lo = int(size * (1 - central_fraction) / 2)
     entries = []
-    for i in range(num_slices):
-        z = int(rng.integers(lo, size - lo))
-        sl = affine(t1[:, :, :, z]).numpy()[0]
+    for i, sl in enumerate(_template_slices(num_slices, size, seed, central_fraction, rng)):
         path = out / "images" / f"mni152_{i:04d}.png"
-        _save_png(np.clip(np.rot90(sl), 0, 1), path)
+        _save_png(sl, path)
         entries.append({"image": str(path), "prompt": prompt})
     for v in volumes:
         try:
@@ -181,22 +189,13 @@ def make_aging_pairs(out_dir: str | os.PathLike, num_pairs: int = 64, size: int 
     Entries hold ``source``, ``image`` (the target), ``prompt`` (the instruction), ``age`` and
     ``target_age``. Returns the datalist path.
     """
-    from monai.transforms import RandAffine
-
-    from ldmonai.data.mni_tissue import template_grid
     from ldmonai.ld.prompts import PromptBuilder
 
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     prompts = PromptBuilder(fields=("age",), age_style=age_style)
-    t1, _, _ = template_grid((size, size, size))
-    affine = RandAffine(prob=1.0, rotate_range=0.15, scale_range=0.08, translate_range=size * 0.04, padding_mode="zeros")
-    affine.set_random_state(seed)
-    lo = int(size * (1 - central_fraction) / 2)
     entries = []
-    for i in range(num_pairs):
-        z = int(rng.integers(lo, size - lo))
-        source = np.clip(np.rot90(affine(t1[:, :, :, z]).numpy()[0]), 0, 1)
+    for i, source in enumerate(_template_slices(num_pairs, size, seed, central_fraction, rng)):
         age, k = int(rng.integers(*ages)), int(rng.integers(*years))
         target = np.clip(simulate_atrophy(source, k), 0, 1)
         paths = {key: out / "pairs" / f"{i:04d}_{key}.png" for key in ("source", "target")}
