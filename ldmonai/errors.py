@@ -40,6 +40,13 @@ class LdmonaiError(Exception):
         return cls(entry["reason"], entry.get("path"), entry.get("fix"))
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its type name when the message is empty: the
+    part of a library's error worth quoting inside an :class:`LdmonaiError`."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def find_ldmonai_error(exc: BaseException | None) -> LdmonaiError | None:
     """The first :class:`LdmonaiError` in ``exc``'s cause/context chain, if any.
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ldmonai.data.datalist import load_datalist
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, first_line
 from ldmonai.io.atomic import atomic_write_json
 from ldmonai.io.names import IMAGE_SUFFIXES, case_stem, image_stem
 
@@ -49,7 +49,7 @@ def _problem(path: str, spatial_dims: int | None) -> str | None:
     try:
         array = np.asarray(LoadImage(image_only=True)(path))
     except Exception as err:  # noqa: BLE001 - any reader failure makes the case unusable
-        return f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        return f"cannot be read ({type(err).__name__}: {first_line(err)[:200]})"
     if array.size == 0:
         return "is empty"
     if not np.isfinite(array).all():

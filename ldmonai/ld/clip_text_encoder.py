@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, first_line
 from ldmonai.ld.text_encoder import LearnedTokens
 
 __all__ = ["ClipTextEncoder"]
@@ -51,8 +51,7 @@ class ClipTextEncoder(LearnedTokens, nn.Module):
             self.tokenizer = CLIPTokenizer.from_pretrained(str(_component(folder, "tokenizer")), local_files_only=True)
             self.text_model = CLIPTextModel.from_pretrained(str(_component(folder, "text_encoder")), local_files_only=True)
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise LdmonaiError(f"cannot load a CLIP text model and tokenizer ({first})", path,
+            raise LdmonaiError(f"cannot load a CLIP text model and tokenizer ({first_line(err)})", path,
                                "give a folder saved by save_pretrained (config.json, weights, vocab.json, merges.txt)") from None
         # a tokenizer saved without model_max_length reports a huge sentinel; the positions bound it
         self.max_length = int(max_length or min(self.tokenizer.model_max_length,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, first_line
 from ldmonai.ld.model import LatentDiffusion
 
 __all__ = ["DiffusersAutoencoder", "DiffusersUNet", "load_stable_diffusion"]
@@ -102,8 +102,7 @@ def load_stable_diffusion(path: str | os.PathLike, image_channels: int = 1, text
         unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), local_files_only=True)
         vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LdmonaiError(f"cannot load the model ({first})", path, "check that the folder is complete") from None
+        raise LdmonaiError(f"cannot load the model ({first_line(err)})", path, "check that the folder is complete") from None
     if sched.get("prediction_type", "epsilon") != "epsilon":
         raise LdmonaiError(f"the model predicts {sched['prediction_type']!r}; LD's losses and samplers use ε", path,
                            "use an ε-prediction model (SD v1.x, SD 2.x base)")

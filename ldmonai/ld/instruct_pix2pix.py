@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from ldmonai.diffusion.sampling import denoise
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, first_line
 from ldmonai.ld.model import LatentDiffusion
 
 __all__ = ["InstructPix2Pix", "widen_from_text_to_image"]
@@ -135,6 +135,6 @@ def widen_from_text_to_image(model: InstructPix2Pix, path: str | os.PathLike) ->
     try:
         model.load_state_dict(widened)
     except RuntimeError as err:
-        raise LdmonaiError(f"the text-to-image weights do not fit ({str(err).splitlines()[0]})", path,
+        raise LdmonaiError(f"the text-to-image weights do not fit ({first_line(err)})", path,
                            "build the InstructPix2Pix model with the pretrained model's sizes") from None
     return model

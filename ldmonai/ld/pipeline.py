@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, first_line
 from ldmonai.ld.delta_search import search_delta
 from ldmonai.ld.finetune import prepare_scheme
 from ldmonai.ld.model import LatentDiffusion
@@ -84,8 +84,7 @@ def load_model(model: LatentDiffusion, path: str | os.PathLike | None, scheme: s
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            first = str(err).splitlines()[0]
-            raise LdmonaiError(f"the weights do not fit this model ({first})", path,
+            raise LdmonaiError(f"the weights do not fit this model ({first_line(err)})", path,
                                "use the configs (sizes, scheme) the weights were trained with") from None
     return model.to(device).eval()
 

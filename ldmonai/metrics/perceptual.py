@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, first_line
 
 __all__ = ["load_lpips", "lpips_distance"]
 
@@ -32,7 +32,7 @@ def load_lpips(path: str | os.PathLike) -> torch.jit.ScriptModule:
     try:
         return torch.jit.load(str(path), map_location="cpu").eval()
     except (RuntimeError, ValueError) as err:
-        raise LdmonaiError(f"not a TorchScript LPIPS network ({str(err).splitlines()[0]})", path, fix) from None
+        raise LdmonaiError(f"not a TorchScript LPIPS network ({first_line(err)})", path, fix) from None
 
 
 @torch.no_grad()

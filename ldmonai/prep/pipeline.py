@@ -33,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, first_line
 from ldmonai.io.atomic import atomic_path, atomic_write_json, remove_stale_temps
 from ldmonai.io.names import IMAGE_SUFFIXES, image_stem
 from ldmonai.prep.dicom.naming import sanitize_component
@@ -63,7 +63,7 @@ def load_config(source) -> dict:
 
                 config = yaml.safe_load(path.read_text())
         except Exception as err:  # noqa: BLE001 - any parse error is the user's file
-            raise LdmonaiError(f"cannot parse pipeline config ({str(err).splitlines()[0][:200]})", path,
+            raise LdmonaiError(f"cannot parse pipeline config ({first_line(err)[:200]})", path,
                                "fix the YAML/JSON syntax") from None
         config = {"name": path.stem, **config} if isinstance(config, dict) else config
     if not isinstance(config, dict) or not isinstance(config.get("steps"), list) or not config["steps"]:
