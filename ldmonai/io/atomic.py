@@ -9,10 +9,11 @@ is only atomic within one filesystem.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping, Sequence
 
 TMP_MARK = ".ldmonai-tmp"
 
@@ -43,6 +44,18 @@ def atomic_write_json(target: str | os.PathLike, obj, indent: int = 2) -> Path:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=indent, ensure_ascii=False, allow_nan=False)
             fh.write("\n")
+    return Path(target)
+
+
+def atomic_write_csv(target: str | os.PathLike, rows: Sequence[Mapping]) -> Path:
+    """Write dict ``rows`` as CSV to ``target`` atomically; the columns are every key, in the
+    order they first appear. Returns the target path."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(target) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
     return Path(target)
 
 

@@ -8,7 +8,6 @@ is reproducible.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ldmonai.errors import LdmonaiError
-from ldmonai.io.atomic import atomic_path
+from ldmonai.io.atomic import atomic_path, atomic_write_csv
 
 __all__ = ["DeltaSearchResult", "l1_distance", "search_delta"]
 
@@ -70,11 +69,8 @@ class DeltaSearchResult:
 
         out = Path(out_dir)
         table, plot = out / f"{name}.csv", out / f"{name}.png"
-        with atomic_path(table) as tmp, open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["delta", "distance", "stage", "best"])
-            for row in sorted(self.rows, key=lambda r: r["delta"]):
-                w.writerow([f"{row['delta']:.6g}", f"{row['distance']:.6g}", row["stage"], int(row["delta"] == self.best)])
+        atomic_write_csv(table, [{"delta": f"{r['delta']:.6g}", "distance": f"{r['distance']:.6g}", "stage": r["stage"],
+                                  "best": int(r["delta"] == self.best)} for r in sorted(self.rows, key=lambda r: r["delta"])])
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
         rows = sorted(self.rows, key=lambda r: r["delta"])
         ax.plot([r["delta"] for r in rows], [r["distance"] for r in rows], "-", color="0.6", lw=1)

@@ -290,12 +290,10 @@ def edit_slices(model: LatentDiffusion, datalist: str | os.PathLike, out_dir: st
     (SSIM and PSNR between source and counterfactual, MONAI metrics; LPIPS with a local
     ``lpips_model``, :mod:`ldmonai.metrics.perceptual`) and returns the means.
     """
-    import csv
-
     import nibabel as nib
     from monai.metrics import PSNRMetric, SSIMMetric
 
-    from ldmonai.io.atomic import atomic_path, atomic_write_json
+    from ldmonai.io.atomic import atomic_path, atomic_write_csv, atomic_write_json
     from ldmonai.io.preview import grey, panel, save_png
     from ldmonai.ld.editing import Pix2PixZero, edit_direction
     from ldmonai.ld.instruct_pix2pix import InstructPix2Pix
@@ -338,10 +336,7 @@ def edit_slices(model: LatentDiffusion, datalist: str | os.PathLike, out_dir: st
             nib.save(nib.Nifti1Image(edited[i, 0].numpy().T.astype(np.float32), np.eye(4)), str(tmp))
         rows.append({"case": i, "prompt": prompts[i], "ssim": float(ssim[i]), "psnr": float(psnr[i]),
                      "lpips": "" if lpips is None else float(lpips[i])})
-    with atomic_path(out / "edit_metrics.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_csv(out / "edit_metrics.csv", rows)
     summary = {"method": method, "cases": len(rows), "delta": _as_json(delta), "ssim": float(ssim.mean()),
                "psnr": float(psnr.mean()), "lpips": None if lpips is None else float(lpips.mean())}
     if lpips is None:

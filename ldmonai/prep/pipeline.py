@@ -23,7 +23,6 @@ and the fix, and the batch goes on. Inputs are only read.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ldmonai.errors import LdmonaiError, first_line
-from ldmonai.io.atomic import atomic_path, atomic_write_json, remove_stale_temps
+from ldmonai.io.atomic import atomic_write_csv, atomic_write_json, remove_stale_temps
 from ldmonai.io.names import IMAGE_SUFFIXES, image_stem
 from ldmonai.prep.dicom.naming import sanitize_component
 from ldmonai.prep.steps import Case, attach_mask_and_labels, build_step
@@ -224,14 +223,9 @@ def write_slice_index(records: list[dict], out_root: Path) -> Path | None:
                 row[key] = os.path.relpath(row[key], out_root)
     if not rows:
         return None
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(out_root / "slices_index.csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+    table = atomic_write_csv(out_root / "slices_index.csv", rows)
     atomic_write_json(out_root / "slices_index.json", rows)
-    return out_root / "slices_index.csv"
+    return table
 
 
 def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, workers: int = 1,
