@@ -125,7 +125,6 @@ def with_class_images(entries: list[dict], model: LatentDiffusion, out_dir: str 
 
     Class images already in ``out_dir`` (a resumed run) are reused, not regenerated.
     """
-    from ldmonai.io.atomic import atomic_path
     from ldmonai.io.preview import save_png
 
     if not entries:
@@ -155,6 +154,16 @@ def _slices(model: LatentDiffusion, prompts: Sequence[str], latent_size: Sequenc
                         guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed)).clamp(0, 1).cpu()
 
 
+def _save_slice_nifti(path: Path, image: np.ndarray) -> None:
+    """One ``(H, W)`` slice as NIfTI (x along W, identity affine: generated slices have no scanner space)."""
+    import nibabel as nib
+
+    from ldmonai.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(image.T.astype(np.float32), np.eye(4)), str(tmp))
+
+
 def _cycle(prompts: Sequence[str], n: int) -> list[str]:
     return [prompts[k % len(prompts)] for k in range(n)]
 
@@ -163,9 +172,7 @@ def generate_slices(model: LatentDiffusion, prompts: Sequence[str], out_dir: str
                     num_per_prompt: int = 4, delta: float | Sequence[float] = 0.0, num_inference_steps: int = 50,
                     guidance_scale: float = 1.0, seed: int = 0) -> list[Path]:
     """Sample ``num_per_prompt`` slices per prompt; write ``<i>_<j>.png`` and ``.nii.gz`` and ``prompts.json``."""
-    import nibabel as nib
-
-    from ldmonai.io.atomic import atomic_path, atomic_write_json
+    from ldmonai.io.atomic import atomic_write_json
     from ldmonai.io.preview import grey, save_png
 
     if not prompts:
@@ -177,8 +184,7 @@ def generate_slices(model: LatentDiffusion, prompts: Sequence[str], out_dir: str
         for j, img in enumerate(images.numpy()):
             stem = out / f"{i:03d}_{j:02d}"
             save_png(stem.with_suffix(".png"), grey(img[0], percentiles=(0, 100)))
-            with atomic_path(stem.with_suffix(".nii.gz")) as tmp:
-                nib.save(nib.Nifti1Image(img[0].T.astype(np.float32), np.eye(4)), str(tmp))
+            _save_slice_nifti(stem.with_suffix(".nii.gz"), img[0])
             written.append(stem.with_suffix(".png"))
     atomic_write_json(out / "prompts.json", {"prompts": list(prompts), "delta": _as_json(delta),
                                              "steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed})
@@ -229,14 +235,15 @@ def _class_values(entries: list[dict], class_key: str, datalist, split: str) -> 
     return [e[class_key] for e in entries]
 
 
-def _train_on_synthetic(model, datalist, split, class_key, latent_size, delta, num_samples, num_inference_steps,
+def _train_on_synthetic(model, datalist, split, real, class_key, latent_size, delta, num_samples, num_inference_steps,
                         seed, epochs) -> dict:
+    """Classifier AUC: trained on slices generated per class of the training prompts, tested on
+    ``real``, the slices of ``split`` (as :func:`load_slices` loaded them, in datalist order)."""
     from ldmonai.metrics.classifier_auc import classifier_auc
 
     train = datalist_entries(datalist, "training")
     train_classes = _class_values(train, class_key, datalist, "training")
     test_classes = _class_values(datalist_entries(datalist, split), class_key, datalist, split)
-    real, _ = load_slices(datalist, split)
     images, labels = [], []
     for k, value in enumerate(sorted(set(train_classes), key=str)):
         class_prompts = [e["prompt"] for e, c in zip(train, train_classes) if c == value]
@@ -263,7 +270,7 @@ def evaluate_generation(model: LatentDiffusion, datalist: str | os.PathLike, out
     fake = _slices(model, _cycle(prompts, num_samples), latent_size, delta, num_inference_steps, seed)
     metrics = generative_metrics(fake, real, SliceFeatures(feature_weights, size=max(32, real.shape[-1])))
     if class_key:
-        metrics["classifier"] = _train_on_synthetic(model, datalist, split, class_key, latent_size, delta,
+        metrics["classifier"] = _train_on_synthetic(model, datalist, split, real, class_key, latent_size, delta,
                                                     num_samples, num_inference_steps, seed, classifier_epochs)
     metrics["delta"] = _as_json(delta)
     atomic_write_json(Path(out_dir) / "metrics.json", metrics)
@@ -290,10 +297,9 @@ def edit_slices(model: LatentDiffusion, datalist: str | os.PathLike, out_dir: st
     (SSIM and PSNR between source and counterfactual, MONAI metrics; LPIPS with a local
     ``lpips_model``, :mod:`ldmonai.metrics.perceptual`) and returns the means.
     """
-    import nibabel as nib
     from monai.metrics import PSNRMetric, SSIMMetric
 
-    from ldmonai.io.atomic import atomic_path, atomic_write_csv, atomic_write_json
+    from ldmonai.io.atomic import atomic_write_csv, atomic_write_json
     from ldmonai.io.preview import grey, panel, save_png
     from ldmonai.ld.editing import Pix2PixZero, edit_direction
     from ldmonai.ld.instruct_pix2pix import InstructPix2Pix
@@ -332,8 +338,7 @@ def edit_slices(model: LatentDiffusion, datalist: str | os.PathLike, out_dir: st
     rows = []
     for i in range(len(sources)):
         save_png(out / f"{i:03d}.png", panel([grey(sources[i, 0].numpy(), (0, 100)), grey(edited[i, 0].numpy(), (0, 100))]))
-        with atomic_path(out / f"{i:03d}.nii.gz") as tmp:
-            nib.save(nib.Nifti1Image(edited[i, 0].numpy().T.astype(np.float32), np.eye(4)), str(tmp))
+        _save_slice_nifti(out / f"{i:03d}.nii.gz", edited[i, 0].numpy())
         rows.append({"case": i, "prompt": prompts[i], "ssim": float(ssim[i]), "psnr": float(psnr[i]),
                      "lpips": "" if lpips is None else float(lpips[i])})
     atomic_write_csv(out / "edit_metrics.csv", rows)
