@@ -18,8 +18,11 @@ from ldmonai.engines.generation import finish_iteration
 __all__ = ["AutoencoderTrainStep", "LatentDiffusionTrainStep"]
 
 
-def _images(engine: Any, batchdata: dict) -> torch.Tensor:
-    return torch.as_tensor(batchdata[Keys.IMAGE]).to(engine.state.device, non_blocking=engine.non_blocking)
+def _images(engine: Any, batchdata: dict, key: str = Keys.IMAGE) -> torch.Tensor | None:
+    """The batch's ``key`` on the engine's device, or None when the batch has no such key."""
+    if key not in batchdata:
+        return None
+    return torch.as_tensor(batchdata[key]).to(engine.state.device, non_blocking=engine.non_blocking)
 
 
 class AutoencoderTrainStep:
@@ -62,15 +65,9 @@ class LatentDiffusionTrainStep:
         engine.state.output = {Keys.IMAGE: images}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        sources = batchdata.get("source")
-        if sources is not None:
-            sources = torch.as_tensor(sources).to(engine.state.device, non_blocking=engine.non_blocking)
-        weights = None
-        if "prior" in batchdata:
-            prior = torch.as_tensor(batchdata["prior"]).bool().to(images.device)
-            weights = torch.where(prior, torch.full_like(prior, self.prior_weight, dtype=images.dtype),
-                                  torch.ones_like(prior, dtype=images.dtype))
-        loss = engine.network(images, prompts, self.delta, sources, weights)
+        prior = _images(engine, batchdata, "prior")
+        weights = None if prior is None else torch.where(prior.bool(), self.prior_weight, 1.0).to(images.dtype)
+        loss = engine.network(images, prompts, self.delta, _images(engine, batchdata, "source"), weights)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         loss.backward()
         return finish_iteration(engine, {"loss": loss})

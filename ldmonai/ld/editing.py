@@ -86,13 +86,14 @@ class Pix2PixZero:
         recorder = CrossAttentionMaps(self.model.unet)
 
         def guide(x, t):
-            with torch.enable_grad():
-                x_in = x.detach().requires_grad_(True)
+            steer = self.guidance > 0  # τ = 0 only measures: no graph to build
+            with torch.set_grad_enabled(steer):
+                x_in = x.detach().requires_grad_(steer)
                 with recorder:
                     self.model.unet(x_in, timesteps=t, context=context)
                 loss = attention_distance(recorder.maps, reference[int(t[0])])
                 self.attention_error.append(float(loss.detach()))
-                if self.guidance == 0:
+                if not steer:
                     return x
                 (grad,) = torch.autograd.grad(loss, x_in)
             return x - self.guidance * grad
