@@ -95,18 +95,12 @@ class ClipTextEncoder(LearnedTokens, nn.Module):
         vocab = self.tokenizer.get_vocab()
         new = [w for w in dict.fromkeys(words) if w not in vocab]
         if new:
-            table = self.text_model.get_input_embeddings().weight
-            with torch.no_grad():
-                if initializer is not None:
-                    rows = table[self._token_id(initializer)].expand(len(new), -1).clone()
-                else:
-                    rows = torch.randn(len(new), self.dim) * table.std()
-                rows = rows.to(self.learned_embedding)
+            init_id = None if initializer is None else self._token_id(initializer)
+            self._grow_learned_embedding(self.text_model.get_input_embeddings().weight, len(new), init_id)
             self.tokenizer.add_tokens(new)
             # the table only needs rows to index; their values are replaced by the hook
             self.text_model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
             self._attach_hook()
-            self.learned_embedding = nn.Parameter(torch.cat([self.learned_embedding.detach(), rows]))
         return [int(i) for i in self.tokenizer.convert_tokens_to_ids(list(words))]
 
     def forward(self, prompts: Sequence[str]) -> torch.Tensor:

@@ -65,8 +65,19 @@ class LearnedTokens:
 
     The encoder provides ``dim``, ``learned_tokens``, ``learned_embedding`` (one row per learned
     token, the only parameter TI trains), ``num_base`` (the first learned id) and
-    ``add_tokens(words, initializer) -> ids``.
+    ``add_tokens(words, initializer) -> ids``, which grows the rows with
+    ``_grow_learned_embedding``.
     """
+
+    def _grow_learned_embedding(self, table: torch.Tensor, count: int, initializer_id: int | None) -> None:
+        """Append ``count`` learned rows: copies of ``table[initializer_id]`` (Textual Inversion's
+        start), or small random values at the scale of the pretrained ``table``."""
+        with torch.no_grad():
+            if initializer_id is not None:
+                rows = table[initializer_id].expand(count, -1).clone()
+            else:
+                rows = torch.randn(count, self.dim) * table.std()
+            self.learned_embedding = nn.Parameter(torch.cat([self.learned_embedding.detach(), rows.to(self.learned_embedding)]))
 
     def learned_state(self) -> dict:
         """The learned tokens and their embeddings, the part of this encoder that TI and CD save."""
@@ -131,13 +142,8 @@ class TinyTextEncoder(LearnedTokens, nn.Module):
         if initializer is not None and initializer.lower() not in self.tokenizer.index:
             raise LdmonaiError(f"initializer word {initializer!r} is not in the vocabulary", None, "pick a word the prompts use")
         if new:
-            with torch.no_grad():
-                if initializer is not None:
-                    rows = self.token_embedding.weight[self.tokenizer.index[initializer.lower()]].expand(len(new), -1).clone()
-                else:
-                    rows = torch.randn(len(new), self.dim) * self.token_embedding.weight.std()
-                rows = rows.to(self.learned_embedding)
-                self.learned_embedding = nn.Parameter(torch.cat([self.learned_embedding.detach(), rows]))
+            init_id = None if initializer is None else self.tokenizer.index[initializer.lower()]
+            self._grow_learned_embedding(self.token_embedding.weight, len(new), init_id)
             for w in new:
                 self.tokenizer.add(w)
         return [self.tokenizer.index[w.lower()] for w in words]
