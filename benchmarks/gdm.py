@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.measure import PeakRSS, add_worker_arguments, hardware, parse_worker_arguments  # noqa: E402
+from benchmarks.measure import PeakRSS, add_worker_arguments, hardware, parse_worker_arguments, run_bundle  # noqa: E402
 
 CONFIGS = ROOT / "bundles" / "gdm" / "configs"
 ITERATIONS_PER_EPOCH = 16
@@ -58,18 +58,9 @@ def overrides(work: Path, variant: str, device: str) -> dict[str, str]:
 
 def train(work: Path, variant: str, iterations: int, device: str, threads: int) -> dict:
     epochs = max(1, iterations // ITERATIONS_PER_EPOCH)
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(config_files(variant))]
-    for key, value in {**overrides(work, variant, device), "epochs": epochs, "val_interval": epochs,
-                       "iterations_per_epoch": ITERATIONS_PER_EPOCH}.items():
-        args += [f"--{key}", str(value)]
-    log = work / f"train_{variant}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    with log.open("w") as f:
-        done = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env=env)
-    seconds = time.perf_counter() - t0
-    if done.returncode:
-        sys.exit(f"training {variant} failed (exit {done.returncode}); see {log}")
+    seconds = run_bundle(config_files(variant), {**overrides(work, variant, device), "epochs": epochs, "val_interval": epochs,
+                                                 "iterations_per_epoch": ITERATIONS_PER_EPOCH},
+                         work / f"train_{variant}.log", env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     return {"seconds": seconds, "iterations": epochs * ITERATIONS_PER_EPOCH}
 
 

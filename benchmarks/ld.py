@@ -28,25 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.measure import hardware  # noqa: E402
+from benchmarks.measure import hardware, run_bundle  # noqa: E402
 
 CONFIGS = ROOT / "bundles" / "ld_slice_generator" / "configs"
 SHARED = ROOT.parent / "shared" / "data" / "ants_sample"
 
 
 def bundle(work: Path, configs: list[str], log: str, **overrides) -> float:
-    import subprocess
-
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(CONFIGS / c) for c in configs]),
-            "--bundle_root", str(work)]
-    for key, value in overrides.items():
-        args += [f"--{key}", str(value)]
-    t0 = time.perf_counter()
-    with (work / log).open("w") as f:
-        done = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"{configs} failed (exit {done.returncode}); see {work / log}")
-    return time.perf_counter() - t0
+    return run_bundle([CONFIGS / c for c in configs], {"bundle_root": work, **overrides}, work / log)
 
 
 def main() -> None:

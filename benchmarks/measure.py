@@ -1,10 +1,13 @@
-"""What every benchmark reports with its figures: the hardware, and the peak memory of a block."""
+"""What every benchmark reports with its figures (the hardware, the peak memory of a block), and
+the one way benchmarks run a bundle."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -73,3 +76,17 @@ def parse_worker_arguments(parser: argparse.ArgumentParser) -> argparse.Namespac
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
+
+
+def run_bundle(config_files: list[str], overrides: dict, log: Path, env: dict | None = None) -> float:
+    """``python -m monai.bundle run`` with ``--key value`` overrides, output to ``log``; returns the
+    wall time in seconds, or exits naming the log when the run fails."""
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(c) for c in config_files])]
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    t0 = time.perf_counter()
+    with Path(log).open("w") as f:
+        done = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        sys.exit(f"{[Path(c).name for c in config_files]} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - t0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from ignite.engine import Engine, Events
 from torch.utils.tensorboard import SummaryWriter
 
@@ -84,8 +85,6 @@ class SampleGridHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval) | Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        import torch
-
         model = getattr(engine.network, "module", engine.network)
         was_training = model.training
         model.eval()
