@@ -338,7 +338,9 @@ def _add_bundle(top) -> None:
 def _run_demo(args) -> int:
     from ldmonai.demo import run_demo
 
-    return run_demo(args.out_dir)
+    if args.export_weights and not args.train:
+        args.demo_parser.error("--export-weights needs --train (it exports the weights that run trains)")
+    return run_demo(args.out_dir, train=args.train, export=args.export_weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,10 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bundle(top)
 
     demo = top.add_parser("demo", help="run the main job on the embedded sample data",
-                          description="Convert the sample DICOM data that ships with the installed packages "
-                                      "and print where the outputs are.")
+                          description="Convert and preprocess the sample DICOM data that ships with the installed "
+                                      "packages, run the LDSeg, GDM and LD bundles' inference with their shipped tiny "
+                                      "weights, and print where the outputs are.",
+                          epilog="examples:\n  ldmonai demo                    # shipped tiny weights, about a minute\n"
+                                 "  ldmonai demo --train            # retrain the tiny presets first (about 9 minutes)\n"
+                                 "  ldmonai demo --train --export-weights   # and replace bundles/*/models/demo_tiny.pt",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out-dir", default="demo_out", help="where outputs go (default: demo_out)")
-    demo.set_defaults(func=_run_demo)
+    demo.add_argument("--train", action="store_true",
+                      help="train each bundle's tiny preset with its train config instead of using the shipped weights")
+    demo.add_argument("--export-weights", action="store_true",
+                      help="with --train: copy the trained weights to bundles/<name>/models/demo_tiny.pt with a manifest")
+    demo.set_defaults(func=_run_demo, demo_parser=demo)
     return parser
 
 

@@ -1,5 +1,6 @@
 """The ``ldmonai`` command line: help with examples, one-line errors, exit codes, the demo."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ def test_help_lists_examples():
 
 
 @pytest.mark.parametrize("args", [(), ("prep",), ("prep", "convert"), ("prep", "convert", "a", "b", "--workers", "0"),
-                                  ("prep", "convert", "a", "b", "--bogus"), ("nosuch",)])
+                                  ("prep", "convert", "a", "b", "--bogus"), ("nosuch",),
+                                  ("demo", "--export-weights")])
 def test_bad_arguments_give_one_line_and_exit_2(args):
     res = run(*args)
     assert res.returncode == 2
@@ -41,21 +43,61 @@ def test_bad_template_is_refused(tmp_path):
     assert res.returncode == 1 and "template" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_demo_converts_the_embedded_samples(tmp_path):
+def test_demo_runs_every_bundle_on_the_embedded_samples(tmp_path):
     res = run("demo", "--out-dir", str(tmp_path / "demo"))
     assert res.returncode == 0, res.stdout + res.stderr
-    niftis = list((tmp_path / "demo" / "nifti").rglob("*.nii.gz"))
+    demo = tmp_path / "demo"
+    niftis = list((demo / "nifti").rglob("*.nii.gz"))
     assert len(niftis) >= 25 and "NIfTI + BIDS JSON" in res.stdout
-    # The LDSeg part trains the tiny bundle and segments the two test cases.
-    inference = tmp_path / "demo" / "ldseg" / "inference"
+    assert res.stdout.count("shipped tiny weights") == 3, res.stdout
+    # LDSeg segments the two test cases with the shipped weights.
+    inference = demo / "ldseg" / "inference"
     assert len(list(inference.glob("*_seg.nii.gz"))) == 2 and len(list(inference.glob("*_preview.png"))) == 2
-    assert (tmp_path / "demo" / "ldseg" / "models" / "model.pt").exists()
-    # The GDM part trains on the phantoms and synthesises CT for the two held-out cases only.
-    sct = sorted((tmp_path / "demo" / "gdm" / "inference").glob("*_sct.nii.gz"))
+    assert (demo / "ldseg" / "models" / "model.pt").exists()
+    # GDM synthesises CT for the two held-out cases only.
+    sct = sorted((demo / "gdm" / "inference").glob("*_sct.nii.gz"))
     assert [p.name for p in sct] == ["HPH008_sct.nii.gz", "HPH009_sct.nii.gz"], sct
-    assert (tmp_path / "demo" / "overview.png").is_file()
-    again = run("demo", "--out-dir", str(tmp_path / "demo"))  # resumes: nothing to redo
+    # LD searches delta in its range and generates at the delta it found.
+    ld = demo / "ld_slice_generator"
+    best = json.loads((ld / "delta_search" / "delta_search.json").read_text())["best_delta"]
+    assert -0.1 <= best <= 0.1 and (ld / "delta_search" / "delta_grid.png").is_file()
+    assert json.loads((ld / "generated" / "prompts.json").read_text())["delta"] == pytest.approx(best)
+    assert len(list((ld / "generated").glob("*.png"))) == 8 and len(list((ld / "generated").glob("*.nii.gz"))) == 8
+    assert (demo / "overview.png").is_file()
+    again = run("demo", "--out-dir", str(demo))  # resumes: nothing to redo
     assert again.returncode == 0 and "0 series converted" in again.stdout
+
+
+@pytest.mark.parametrize("bundle", ["ldseg", "gdm", "ld_slice_generator"])
+def test_shipped_demo_weights_match_their_manifest(bundle):
+    import torch
+
+    from ldmonai.demo import shipped_weights, state_digest
+
+    path = shipped_weights(bundle)
+    assert path is not None, f"bundles/{bundle}/models/demo_tiny.pt or its manifest is missing"
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    # produced by the bundle's own train config, as the manifest records
+    assert any("configs/train.json" in arg for _, args in manifest["bundle_runs"] for arg in args), manifest
+    assert path.stat().st_size < 6e6 and torch.load(path, weights_only=True)
+    assert state_digest(path) == manifest["state_sha256"]
+    # the model-zoo manifest lists the same file and hash
+    assert f'hash_val: "{manifest["sha256"]}"' in (path.parent / "large_files.yml").read_text()
+
+
+def test_a_damaged_shipped_weight_file_is_one_clear_error(tmp_path, monkeypatch):
+    import shutil
+
+    from ldmonai import demo
+    from ldmonai.errors import LdmonaiError
+
+    models = tmp_path / "ldseg" / "models"
+    shutil.copytree(demo.BUNDLES / "ldseg" / "models", models)
+    (models / demo.SHIPPED).write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    monkeypatch.setattr(demo, "BUNDLES", tmp_path)
+    with pytest.raises(LdmonaiError, match="sha256") as err:
+        demo.shipped_weights("ldseg")
+    assert "demo_tiny.pt" in str(err.value) and "--train" in str(err.value)
 
 
 ROOT = Path(__file__).resolve().parents[1]
