@@ -50,6 +50,27 @@ def test_local_weights_are_used_and_bad_files_are_clear(tmp_path):
         SliceFeatures(tmp_path / "broken.pt")
 
 
+class _PoolFeatures(torch.nn.Module):
+    """Stands in for the clean-fid Inception export: RGB in [0, 255], ``return_features``."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        assert x.shape[1] == 3 and x.shape[-1] == 40 and float(x.max()) > 200.0
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+        return pooled if return_features else pooled.sum(1, keepdim=True)
+
+
+def test_a_torchscript_feature_network_is_used_as_given(tmp_path):
+    torch.jit.script(_PoolFeatures()).save(str(tmp_path / "inception.pt"))
+    features = SliceFeatures(tmp_path / "inception.pt", script_size=40)
+    assert features.source.startswith("TorchScript features from")
+    x = _disks(4, 0.3, 0)
+    assert features(x).shape == (4, 3 * 16)  # the return_features branch: pooled features, not the logit
+    real = _disks(24, 0.4, 0)
+    near = generative_metrics(_disks(24, 0.4, 1), real, features)
+    far = generative_metrics(_disks(24, 0.15, 2), real, features)
+    assert near["fid"] < far["fid"] and "TorchScript" in near["features"]
+
+
 def test_classifier_auc_train_on_synthetic_test_on_real():
     """Small disks against large disks: a classifier trained on a set that carries the class
     transfers to fresh slices; one trained on slices whose labels do not follow the class does not."""

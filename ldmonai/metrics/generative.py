@@ -1,9 +1,13 @@
 """Distribution metrics between generated and real slices: FID (MONAI) and KID, on pluggable features.
 
-The features come from a 2D MONAI ResNet in :class:`SliceFeatures`:
+The features come from :class:`SliceFeatures`:
 
-- weights from a local path (for example RadImageNet or ImageNet ResNet weights converted to a
-  state dict), read with ``weights_only``;
+- a TorchScript feature network from a local path, for Inception FID comparable with published
+  figures. The StyleGAN/clean-fid Inception export (``inception-2015-12-05.pt``, 2048-d pool
+  features, RGB in [0, 255], ``return_features=True``) works as it is; any scripted network that
+  maps ``(B, 3, H, W)`` to ``(B, F)`` does too;
+- a 2D MONAI ResNet with weights from a local path (for example RadImageNet or ImageNet ResNet
+  weights converted to a state dict), read with ``weights_only``;
 - otherwise, the documented offline fallback: the same network with a fixed random
   initialisation. Random-feature FID/KID rank distributions consistently within one study,
   but their values are not comparable with published Inception figures. Every result says
@@ -13,6 +17,7 @@ The features come from a 2D MONAI ResNet in :class:`SliceFeatures`:
 from __future__ import annotations
 
 import os
+import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +25,7 @@ from monai.metrics import FIDMetric
 from monai.networks.nets import ResNet
 from torch import nn
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, first_line
 
 __all__ = ["SliceFeatures", "kid", "generative_metrics"]
 
@@ -29,16 +34,32 @@ class SliceFeatures(nn.Module):
     """``(B, C, H, W)`` slices -> ``(B, F)`` pooled features of a frozen 2D ResNet.
 
     Args:
-        weights: local state dict for MONAI's ``ResNet`` (``block``, ``layers`` as given);
-            ``None`` uses the seeded random fallback.
+        weights: a TorchScript feature network, or a state dict for MONAI's ``ResNet``
+            (``block``, ``layers`` as given); ``None`` uses the seeded random fallback.
         block, layers: the ResNet (``basic``, ``(2, 2, 2, 2)`` is ResNet-18).
-        size: slices are resized to ``size x size`` and repeated to 3 channels.
+        size: slices are resized to ``size x size`` (``script_size`` for a TorchScript network)
+            and repeated to 3 channels, each scaled to [0, 1] (``script_range`` for TorchScript).
         seed: the fallback's initialisation.
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, block: str = "basic",
-                 layers: tuple[int, ...] = (2, 2, 2, 2), size: int = 128, seed: int = 0) -> None:
+                 layers: tuple[int, ...] = (2, 2, 2, 2), size: int = 128, seed: int = 0,
+                 script_size: int = 299, script_range: tuple[float, float] = (0.0, 255.0)) -> None:
         super().__init__()
+        self.scale = (0.0, 1.0)
+        self.script: torch.jit.ScriptModule | None = None
+        if weights is not None and _is_torchscript(weights):
+            try:
+                self.script = torch.jit.load(str(weights), map_location="cpu").eval()
+            except (RuntimeError, ValueError) as err:
+                raise LdmonaiError(f"cannot load the TorchScript feature network ({first_line(err)})", weights,
+                                   "pass a file written by torch.jit.save") from None
+            args = [a.name for a in self.script.forward.schema.arguments]
+            self.script_kwargs = {"return_features": True} if "return_features" in args else {}
+            self.source = f"TorchScript features from {weights}"
+            self.size, self.scale = script_size, script_range
+            self.requires_grad_(False)
+            return
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.net = ResNet(block, list(layers), [64, 128, 256, 512], spatial_dims=2, n_input_channels=3,
@@ -65,9 +86,24 @@ class SliceFeatures(nn.Module):
         x = x.mean(1, keepdim=True) if x.shape[1] != 1 else x
         lo = x.amin(dim=(2, 3), keepdim=True)
         hi = x.amax(dim=(2, 3), keepdim=True)
-        x = (x - lo) / (hi - lo).clamp_min(1e-6)
+        x = (x - lo) / (hi - lo).clamp_min(1e-6) * (self.scale[1] - self.scale[0]) + self.scale[0]
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+        if self.script is not None:
+            feats = self.script(x, **self.script_kwargs)
+            if not isinstance(feats, torch.Tensor) or feats.shape[0] != x.shape[0]:
+                raise LdmonaiError("the TorchScript feature network did not return one feature row per slice", None,
+                                   "pass a network that maps (B, 3, H, W) to (B, F)")
+            return feats.flatten(1).float()
         return self.net(x).flatten(1)
+
+
+def _is_torchscript(path: str | os.PathLike) -> bool:
+    """TorchScript archives carry their code; ``torch.save`` state dicts carry only data."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def kid(fake: torch.Tensor, real: torch.Tensor, subsets: int = 50, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
