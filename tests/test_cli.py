@@ -159,3 +159,16 @@ def test_data_slice_sets_for_ld(tmp_path, capsys):
     entry = (pairs["training"] + pairs["validation"])[0]
     assert Path(entry["source"]).is_file() and Path(entry["image"]).is_file()
     assert entry["prompt"].startswith("age this ") and entry["target_age"] > entry["age"]
+
+
+def test_a_bundle_without_trained_weights_points_at_its_demo_weights():
+    from ldmonai.demo import BUNDLES
+    from ldmonai.engines import require_checkpoint
+    from ldmonai.errors import LdmonaiError
+
+    for bundle in ("ldseg", "gdm", "ld_slice_generator"):
+        missing = BUNDLES / bundle / "models" / "model.pt"
+        assert not missing.exists(), f"{missing} must not be committed: model.pt is what a user trains"
+        with pytest.raises(LdmonaiError, match="no trained weights") as err:
+            require_checkpoint(missing)
+        assert f"--ckpt_path {missing.with_name('demo_tiny.pt')}" in str(err.value)

@@ -69,11 +69,11 @@ def require_checkpoint(path: str | os.PathLike) -> str:
     from ldmonai.errors import LdmonaiError
 
     if not Path(path).is_file():
-        raise LdmonaiError(
-            "no trained weights here",
-            path,
-            "run the bundle's train config first, or pass --ckpt_path to a weights file",
-        )
+        fix = "run the bundle's train config first, or pass --ckpt_path to a weights file"
+        demo = Path(path).with_name("demo_tiny.pt")
+        if demo.is_file():
+            fix += f" (the tiny demo weights that ship with the bundle: --ckpt_path {demo})"
+        raise LdmonaiError("no trained weights here", path, fix)
     return str(path)
 
 
