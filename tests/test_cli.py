@@ -172,3 +172,16 @@ def test_a_bundle_without_trained_weights_points_at_its_demo_weights():
         with pytest.raises(LdmonaiError, match="no trained weights") as err:
             require_checkpoint(missing)
         assert f"--ckpt_path {missing.with_name('demo_tiny.pt')}" in str(err.value)
+
+
+def test_converting_never_imports_torch(tmp_path):
+    """A convert run starts in a fraction of a second: importing torch and MONAI would add seconds
+    per process (and per worker), so the converter's imports must stay clear of them."""
+    code = ("import sys, pydicom.data; from pathlib import Path; from ldmonai.cli import main; "
+            "src = Path(pydicom.data.__file__).parent / 'test_files' / 'CT_small.dcm'; "
+            f"rc = main(['prep', 'convert', str(src), {str(tmp_path / 'out')!r}, '--quiet']); "
+            "heavy = sorted(m for m in ('torch', 'monai', 'SimpleITK', 'itk') if m in sys.modules); "
+            "print('heavy:', heavy); sys.exit(rc or (1 if heavy else 0))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert list((tmp_path / "out").rglob("*.nii.gz"))
