@@ -185,3 +185,6 @@ def test_converting_never_imports_torch(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert list((tmp_path / "out").rglob("*.nii.gz"))
+    # the ITK pipelines need SimpleITK, but not torch either
+    code = "import sys, ldmonai.prep.pipeline; sys.exit(1 if {'torch', 'monai'} & set(sys.modules) else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

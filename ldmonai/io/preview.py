@@ -10,7 +10,6 @@ import os
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ldmonai.io.atomic import atomic_path
@@ -26,7 +25,8 @@ _PALETTE = np.array(
 
 def middle_slice(array) -> np.ndarray:
     """A 2D ``(H, W)`` view of ``(*S)`` or ``(1, *S)`` data: the middle slice of the last axis for 3D."""
-    a = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    # duck-typed so that the prep pipelines, which write previews of ITK images, never import torch
+    a = array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
     a = np.squeeze(a)
     if a.ndim == 3:
         a = a[..., a.shape[-1] // 2]
@@ -150,7 +150,7 @@ class SaveTranslationPreviewd:
         stem = case_stem(str(meta.get("filename_or_obj", "case")))
         pred = middle_slice(data[self.pred_key])
         tiles = [grey(middle_slice(image)), ct_window(pred)]
-        if isinstance(data.get(self.label_key), (torch.Tensor, np.ndarray)):
+        if hasattr(data.get(self.label_key), "shape"):
             ref = middle_slice(data[self.label_key])
             tiles += [ct_window(ref), heat(np.abs(pred - ref), vmax=500.0)]
         save_png(os.path.join(self.output_dir, f"{stem}_preview.png"), panel(tiles))
