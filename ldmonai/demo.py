@@ -105,6 +105,13 @@ def shipped_weights(bundle: str) -> Path | None:
     return path
 
 
+def _copy(src: Path, target: Path) -> None:
+    from ldmonai.io.atomic import atomic_path
+
+    with atomic_path(target) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 class _Family:
     """One bundle in the demo: its data, its training runs and its inference runs, all through
     ``python -m monai.bundle run`` exactly as a user would type them."""
@@ -131,7 +138,12 @@ class _Family:
 
     def weights(self, train: bool, train_steps: list[tuple[str, list]]) -> int:
         """Train with the bundle's train config, or install the shipped tiny weights as models/model.pt."""
-        shipped = shipped_weights(self.bundle)
+        try:
+            shipped = shipped_weights(self.bundle)
+        except LdmonaiError:
+            if not train:
+                raise
+            shipped = None  # retraining needs no intact shipped file; there is just nothing to compare with
         if train or shipped is None:
             if shipped is None:
                 print(f"{self.label}: no shipped weights under {BUNDLES / self.bundle / 'models'}; training them")
@@ -141,9 +153,7 @@ class _Family:
             return status
         target = self.root / "models" / "model.pt"
         if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(shipped, target.with_suffix(".tmp"))
-            target.with_suffix(".tmp").replace(target)
+            _copy(shipped, target)
         print(f"{self.label}: shipped tiny weights {shipped} (`ldmonai demo --train` retrains them)", flush=True)
         return 0
 
@@ -164,9 +174,7 @@ class _Family:
         from ldmonai.io.atomic import atomic_write_json
 
         target = BUNDLES / self.bundle / "models" / SHIPPED
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(self.root / "models" / "model.pt", tmp)
-        tmp.replace(target)
+        _copy(self.root / "models" / "model.pt", target)
         relative = [[what, [str(a).replace(str(self.root), "<demo_out>/" + self.bundle).replace(str(BUNDLES), "bundles")
                             for a in args]] for what, args in train_steps]
         atomic_write_json(target.with_suffix(".json"), {

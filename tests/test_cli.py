@@ -98,6 +98,10 @@ def test_a_damaged_shipped_weight_file_is_one_clear_error(tmp_path, monkeypatch)
     with pytest.raises(LdmonaiError, match="sha256") as err:
         demo.shipped_weights("ldseg")
     assert "demo_tiny.pt" in str(err.value) and "--train" in str(err.value)
+    family = demo._Family("LDSeg", "ldseg", tmp_path / "out")
+    with pytest.raises(LdmonaiError, match="sha256"):
+        family.weights(train=False, train_steps=[])
+    assert family.weights(train=True, train_steps=[]) == 0  # retraining does not need the damaged file
 
 
 ROOT = Path(__file__).resolve().parents[1]
