@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ldmonai.errors import LdmonaiError
-from ldmonai.io.atomic import atomic_path, atomic_write_json
+from ldmonai.io.atomic import atomic_write_json
+from ldmonai.io.preview import save_unit_png
 
 __all__ = ["NATURAL_SUBJECTS", "make_aging_pairs", "make_brain_slices", "make_natural_slices", "simulate_atrophy"]
 
@@ -39,13 +40,6 @@ NATURAL_SUBJECTS = {
     "retina": "a retina", "cell": "cells", "logo": "a logo", "colorwheel": "a colour wheel",
     "checkerboard": "a checkerboard", "microaneurysms": "a retina with microaneurysms",
 }
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.clip(array * 255 + 0.5, 0, 255).astype(np.uint8)).save(tmp, format="PNG")
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -110,7 +104,7 @@ def make_natural_slices(out_dir: str | os.PathLike, num_images: int = 256, size:
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         path = out / "images" / f"{name}_{i:04d}.png"
-        _save_png(crop, path)
+        save_unit_png(path, crop)
         entries.append({"image": str(path), "prompt": f"a photo of {NATURAL_SUBJECTS[name]}"})
     rng.shuffle(entries)
     return atomic_write_json(out / "datalist.json", _split(entries, val_fraction))
@@ -135,7 +129,7 @@ def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: in
     entries = []
     for i, sl in enumerate(_template_slices(num_slices, size, seed, central_fraction, rng)):
         path = out / "images" / f"mni152_{i:04d}.png"
-        _save_png(sl, path)
+        save_unit_png(path, sl)
         entries.append({"image": str(path), "prompt": prompt})
     for v in volumes:
         try:
@@ -148,7 +142,7 @@ def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: in
         n = vol.shape[2]
         for j, z in enumerate(np.linspace(int(n * (1 - central_fraction) / 2), int(n * (1 + central_fraction) / 2) - 1, 8).astype(int)):
             path = out / "images" / f"{Path(v).name.split('.')[0]}_{j:02d}.png"
-            _save_png(np.rot90(_resize(vol[:, :, z], size)), path)
+            save_unit_png(path, np.rot90(_resize(vol[:, :, z], size)))
             entries.append({"image": str(path), "prompt": prompt})
     for img_path in images:
         from PIL import Image
@@ -159,7 +153,7 @@ def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: in
             raise LdmonaiError(f"cannot read image ({type(err).__name__})", img_path, "pass a PNG or another 2D image") from None
         img = _unit(img)
         path = out / "images" / f"{Path(img_path).stem}.png"
-        _save_png(_resize(img, size), path)
+        save_unit_png(path, _resize(img, size))
         entries.append({"image": str(path), "prompt": prompt})
     order = rng.permutation(len(entries))
     return atomic_write_json(out / "datalist.json", _split([entries[k] for k in order], val_fraction))
@@ -199,8 +193,8 @@ def make_aging_pairs(out_dir: str | os.PathLike, num_pairs: int = 64, size: int 
         age, k = int(rng.integers(*ages)), int(rng.integers(*years))
         target = np.clip(simulate_atrophy(source, k), 0, 1)
         paths = {key: out / "pairs" / f"{i:04d}_{key}.png" for key in ("source", "target")}
-        _save_png(source, paths["source"])
-        _save_png(target, paths["target"])
+        save_unit_png(paths["source"], source)
+        save_unit_png(paths["target"], target)
         entries.append({"source": str(paths["source"]), "image": str(paths["target"]), "age": age, "target_age": age + k,
                         "prompt": prompts.instruction({"age": age}, {"age": age + k})})
     return atomic_write_json(out / "datalist.json", _split(entries, val_fraction))

@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.tensorboard import SummaryWriter
 
-from ldmonai.io.preview import grey, panel, segmentation_panel
+from ldmonai.io.preview import segmentation_panel, slice_row
 
 
 class SegmentationGridHandler:
@@ -95,6 +95,6 @@ class SampleGridHandler:
             model.train(was_training)
         if self._writer is None:
             self._writer = SummaryWriter(self.log_dir)
-        row = panel([grey(img[0], percentiles=(0, 100)) for img in images])
+        row = slice_row(images)
         self._writer.add_image(self.tag, row, global_step=engine.state.epoch, dataformats="HWC")
         self._writer.flush()

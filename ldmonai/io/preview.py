@@ -79,6 +79,17 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray, min_size: int = 256) -> N
         img.save(tmp, format="PNG")
 
 
+def save_unit_png(path: str | os.PathLike, slice2d: np.ndarray) -> None:
+    """Write an ``(H, W)`` slice in [0, 1] as 8-bit grey PNG at its own size, rounded, not
+    rescaled: data that models train on keeps its intensities from file to file."""
+    save_png(path, np.clip(slice2d * 255 + 0.5, 0, 255).astype(np.uint8), min_size=0)
+
+
+def slice_row(images) -> np.ndarray:
+    """``(N, 1, H, W)`` slices side by side, each stretched to its own full range."""
+    return panel([grey(np.asarray(img[0]), percentiles=(0, 100)) for img in images])
+
+
 def segmentation_panel(image, seg=None, label=None, maps: Sequence = ()) -> np.ndarray:
     """image | image + segmentation | image + reference label | one heat map per uncertainty map."""
     base = grey(middle_slice(image))

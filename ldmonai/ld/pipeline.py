@@ -125,7 +125,7 @@ def with_class_images(entries: list[dict], model: LatentDiffusion, out_dir: str 
 
     Class images already in ``out_dir`` (a resumed run) are reused, not regenerated.
     """
-    from ldmonai.io.preview import save_png
+    from ldmonai.io.preview import save_unit_png
 
     if not entries:
         raise LdmonaiError("no instance slices to fine-tune on", None, "give the datalist a non-empty 'training' split")
@@ -138,7 +138,7 @@ def with_class_images(entries: list[dict], model: LatentDiffusion, out_dir: str 
         images = _slices(model, [class_prompt] * len(todo), latent_size, 0.0, num_inference_steps, seed).numpy()
         model.train(was_training)
         for i, img in zip(todo, images):
-            save_png(paths[i], np.clip(img[0] * 255 + 0.5, 0, 255).astype(np.uint8), min_size=0)
+            save_unit_png(paths[i], img[0])
     instance = [{**e, "prompt": instance_prompt, "prior": False} for e in entries]
     return instance + [{"image": str(p), "prompt": class_prompt, "prior": True} for p in paths]
 
@@ -194,12 +194,12 @@ def generate_slices(model: LatentDiffusion, prompts: Sequence[str], out_dir: str
 def delta_grid_image(model: LatentDiffusion, prompt: str, deltas: Sequence[float], latent_size: Sequence[int],
                      path: str | os.PathLike, num_samples: int = 4, num_inference_steps: int = 50, seed: int = 0) -> Path:
     """One PNG, a row per δ, a column per sample, all from the same noise (the paper's Fig. 2 layout)."""
-    from ldmonai.io.preview import grey, panel, save_png
+    from ldmonai.io.preview import save_png, slice_row
 
     rows = []
     for d in deltas:
         imgs = _slices(model, [prompt] * num_samples, latent_size, d, num_inference_steps, seed).numpy()
-        rows.append(panel([grey(i[0], percentiles=(0, 100)) for i in imgs]))
+        rows.append(slice_row(imgs))
     save_png(path, np.concatenate(rows, axis=0))
     return Path(path)
 
@@ -228,6 +228,7 @@ def run_delta_search(model: LatentDiffusion, datalist: str | os.PathLike, out_di
 
 
 def _class_values(entries: list[dict], class_key: str, datalist, split: str) -> list:
+    # not a falsy test as for image paths: 0 is a valid class value
     missing = [i for i, e in enumerate(entries) if e.get(class_key) in (None, "")]
     if missing:
         raise LdmonaiError(f"{split}[{missing[0]}] has no {class_key!r}", datalist,
