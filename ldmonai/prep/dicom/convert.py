@@ -23,6 +23,7 @@ from ldmonai.errors import LdmonaiError
 from ldmonai.io.atomic import atomic_path, atomic_write_json, remove_stale_temps
 from ldmonai.prep.dicom.header import read_header
 from ldmonai.prep.dicom.naming import DEFAULT_TEMPLATE, inside, render_name, template_fields
+from ldmonai.prep.dicom.nifti_writer import write_nifti1
 from ldmonai.prep.dicom.series import Series, drop_duplicates, group_series
 
 REPORT_NAME = "conversion_report.json"
@@ -111,26 +112,11 @@ def _descrip(sidecar: dict) -> bytes:
 
 def write_nifti(volume, sidecar: dict, nifti_path: Path) -> None:
     """Write a stacked volume as NIfTI-1 with qform and sform both set to its affine."""
-    import nibabel as nib
-
-    data = volume.data
-    if volume.notes.get("Color"):
-        rgb = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
-        data = np.ascontiguousarray(data.astype(np.uint8)).view(rgb)[..., 0]
-    img = nib.Nifti1Image(data, volume.affine)
-    hdr = img.header
-    img.set_qform(volume.affine, code=1)
-    img.set_sform(volume.affine, code=1)
-    hdr.set_xyzt_units("mm", "sec")
-    if data.ndim == 4 and isinstance(sidecar.get("RepetitionTime"), (int, float)):
-        zooms = list(hdr.get_zooms())
-        zooms[3] = float(sidecar["RepetitionTime"])
-        hdr.set_zooms(zooms)
-    if (volume.slope, volume.intercept) != (1.0, 0.0):
-        hdr.set_slope_inter(volume.slope, volume.intercept)
-    hdr["descrip"] = _descrip(sidecar)
+    tr = sidecar.get("RepetitionTime")
     with atomic_path(nifti_path) as tmp:
-        nib.save(img, str(tmp))
+        write_nifti1(tmp, volume.data, volume.affine, rgb=bool(volume.notes.get("Color")),
+                     tr=float(tr) if isinstance(tr, (int, float)) else None,
+                     slope=volume.slope, intercept=volume.intercept, descrip=_descrip(sidecar))
 
 
 def _convert_one(series: Series, nifti: str, sidecar_path: str) -> dict:

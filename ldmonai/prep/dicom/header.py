@@ -3,6 +3,9 @@
 A :class:`FileHeader` is a small, picklable summary of one file: the keys that group files
 into series, the geometry of each 2D frame it holds, and where its pixel data starts. Worker
 processes build these in parallel; the pixels are read later, once per series.
+
+Files are read by :mod:`.elements` where it can, and by pydicom (imported only then) for
+enhanced multi-frame objects and the rare encodings that :mod:`.elements` leaves out.
 """
 
 from __future__ import annotations
@@ -12,11 +15,9 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.tag import Tag
 
 from ldmonai.errors import LdmonaiError
+from ldmonai.prep.dicom.elements import Elements, Truncated, Unsupported, read_elements, tags_for
 
 # Storage classes that hold no image: directories, reports, plans, waveforms.
 DIRECTORY_SOP = "1.2.840.10008.1.3.10"
@@ -25,7 +26,7 @@ NATIVE_SYNTAXES = {
     "1.2.840.10008.1.2.1": ("<", True),  # explicit VR little endian
     "1.2.840.10008.1.2.2": (">", True),  # explicit VR big endian (retired)
 }
-GE_IMAGE_KIND = Tag(0x0043, 0x102F)
+GE_IMAGE_KIND = 0x0043102F
 KIND_NAMES = {0: "MAGNITUDE", 1: "PHASE", 2: "REAL", 3: "IMAGINARY"}
 
 # Parsing only these keeps the header pass fast; everything else is read for the first
@@ -42,6 +43,10 @@ HEADER_TAGS = [
     "GantryDetectorTilt", "GridFrameOffsetVector", "PerFrameFunctionalGroupsSequence",
     "SharedFunctionalGroupsSequence", "SpecificCharacterSet", GE_IMAGE_KIND,
 ]
+HEADER_WANTED = tags_for(HEADER_TAGS)
+ENHANCED = tags_for(["PerFrameFunctionalGroupsSequence"])
+# Errors of a header that pydicom could not parse: all mean a damaged file.
+PARSE_ERRORS = (EOFError, struct.error, OSError, ValueError, KeyError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,10 @@ def looks_like_dicom(path: str) -> bool:
 
 
 def _plain(value):
-    """pydicom value -> plain picklable Python (floats, ints, strings, tuples)."""
+    """pydicom value -> plain picklable Python (floats, ints, strings, bytes, tuples), as
+    :meth:`.elements.Elements.values` gives them."""
+    import pydicom
+
     if value is None:
         return None
     if isinstance(value, (pydicom.multival.MultiValue, list, tuple)):
@@ -112,9 +120,7 @@ def _plain(value):
         return float(value)
     if isinstance(value, pydicom.valuerep.IS):
         return int(value)
-    if isinstance(value, bytes):
-        return value.decode("latin-1", "replace").strip("\x00 ")
-    if isinstance(value, (int, float, str)):
+    if isinstance(value, (bytes, int, float, str)):
         return value
     return str(value)
 
@@ -133,7 +139,7 @@ def _values(ds) -> dict:
             continue
         if elem.VR == "SQ":
             continue
-        out[elem.keyword or elem.tag] = _plain(value)
+        out[elem.keyword or int(elem.tag)] = _plain(value)
     return out
 
 
@@ -146,7 +152,7 @@ def _get(ds, keyword, default=None):
             elem = ds.get(keyword)
         except Exception:
             return default
-        value = _plain(elem.value if isinstance(elem, pydicom.DataElement) else elem) if elem is not None else None
+        value = _plain(getattr(elem, "value", elem)) if elem is not None else None
     if value in (None, "", b"", ()):
         return default
     return value
@@ -166,10 +172,12 @@ def _image_kind(ds, image_type: tuple) -> str:
     return "MAGNITUDE"
 
 
-def _pixel_info(ds, vals: dict, fh, path: str) -> dict:
-    """Where the pixel data starts, and whether we can read it with one ``np.fromfile``."""
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if meta is not None else "1.2.840.10008.1.2"
+def _pixel_info(syntax: str, vals: dict, element: tuple | None, path: str) -> dict:
+    """Where the pixel data starts, and whether we can read it with one ``np.fromfile``.
+
+    ``element`` is ``(tag, value offset, value length)`` of the pixel data element, or None
+    when the header ends without one.
+    """
     info = {
         "syntax": syntax,
         "bits": int(_get(vals, "BitsAllocated", 16)),
@@ -185,15 +193,26 @@ def _pixel_info(ds, vals: dict, fh, path: str) -> dict:
         # stream the file position says nothing about where the pixels are.
         info["encapsulated"] = True
         return info
-    pos = fh.tell()
-    header = fh.read(12)
-    if len(header) < 8:
+    if element is None:
         raise LdmonaiError("no pixel data: the file ends before the image", path,
                            "re-export the series from the scanner or PACS; the file is truncated")
+    tag, value_at, length = element
+    if tag != 0x7FE00010:
+        return info  # float/double pixel data: let pydicom decode
+    info["encapsulated"] = length == 0xFFFFFFFF
+    if not info["encapsulated"]:
+        info["offset"], info["length"] = value_at, length
+    return info
+
+
+def _pixel_element(fh, syntax: str) -> tuple | None:
+    """The pixel data element that starts at ``fh``'s position (where pydicom stopped)."""
+    pos = fh.tell()
+    header = fh.read(12)
+    if len(header) < 8 or syntax not in NATIVE_SYNTAXES:
+        return None
     endian, explicit = NATIVE_SYNTAXES[syntax]
     group, elem = struct.unpack(endian + "HH", header[:4])
-    if (group, elem) != (0x7FE0, 0x0010):
-        return info  # float/double pixel data or trailing elements: let pydicom decode
     if explicit and header[4:6] in (b"OB", b"OW", b"OF", b"UN"):
         (length,) = struct.unpack(endian + "I", header[8:12])
         value_at = pos + 12
@@ -203,23 +222,38 @@ def _pixel_info(ds, vals: dict, fh, path: str) -> dict:
     else:
         (length,) = struct.unpack(endian + "I", header[4:8])
         value_at = pos + 8
-    info["encapsulated"] = length == 0xFFFFFFFF
-    if not info["encapsulated"]:
-        info["offset"], info["length"] = value_at, length
-    return info
+    return (group << 16) | elem, value_at, length
 
 
-def read_csa(path: str) -> dict:
-    """The Siemens CSA image header of ``path`` as nibabel parses it ({} when absent)."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nibabel flags its DICOM readers as experimental
-        from nibabel.nicom import csareader
+def _walk(path: str, wanted: frozenset) -> Elements | None:
+    """:func:`.elements.read_elements` of ``path``, or None where pydicom has to read it."""
+    try:
+        with open(path, "rb") as fh:
+            return read_elements(fh, wanted)
+    except (Unsupported, Truncated, UnicodeDecodeError, ValueError, struct.error):
+        return None  # pydicom reads it, and words any real damage as it always has
 
+
+def read_values(path: str, keys) -> dict:
+    """Keywords (and private tags) of ``path`` as plain values: ``{keyword or tag: value}``.
+
+    Missing elements are absent from the result. Raises the errors of a damaged header
+    (:data:`PARSE_ERRORS`, pydicom's InvalidDicomError).
+    """
+    keys = list(keys)
+    elements = _walk(path, tags_for(keys))
+    if elements is not None:
         try:
-            return csareader.get_csa_header(ds, "image") or {}
-        except Exception:
-            return {}
+            return elements.values()
+        except (Unsupported, UnicodeDecodeError, ValueError, struct.error):
+            pass
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = _values(pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=keys))
+    asked = set(keys)  # pydicom adds SpecificCharacterSet to what it was asked for
+    return {k: v for k, v in found.items() if k in asked}
 
 
 def _frames_enhanced(ds, path: str) -> list[Frame]:
@@ -254,6 +288,44 @@ def _frames_enhanced(ds, path: str) -> list[Frame]:
     return frames
 
 
+def _unreadable(exc: Exception, path: str) -> LdmonaiError:
+    return LdmonaiError(f"unreadable DICOM header ({type(exc).__name__}: {exc})", path,
+                        "the file is corrupt or truncated; re-export it or remove it from the input")
+
+
+def _read_summary(path: str):
+    """``(values, SOP class, transfer syntax, pixel element, pydicom Dataset or None)``.
+
+    The Dataset is only there for enhanced multi-frame objects, whose per-frame geometry
+    lives in nested sequences that the element walker does not keep.
+    """
+    elements = _walk(path, HEADER_WANTED)
+    if elements is not None and not ENHANCED & elements.raw.keys():
+        try:
+            vals = elements.values()
+        except (Unsupported, UnicodeDecodeError, ValueError, struct.error):
+            vals = None
+        if vals is not None:
+            sop = _get(vals, "SOPClassUID") or elements.value("MediaStorageSOPClassUID") or None
+            return vals, sop, elements.syntax, elements.pixel, None
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    with open(path, "rb") as fh, warnings.catch_warnings():
+        # pydicom warns per file about recoverable oddities; a batch of thousands would
+        # drown the report, where real problems surface.
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True, specific_tags=HEADER_TAGS)
+        except InvalidDicomError as exc:
+            raise _unreadable(exc, path) from None
+        vals = _values(ds)
+        meta = getattr(ds, "file_meta", None)
+        sop = _get(vals, "SOPClassUID") or (_get(meta, "MediaStorageSOPClassUID") if meta is not None else None)
+        syntax = str(meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if meta is not None else "1.2.840.10008.1.2"
+        return vals, sop, syntax, _pixel_element(fh, syntax), ds
+
+
 def read_header(path: str) -> FileHeader | None:
     """Summarise one file. Returns ``None`` for files that are not DICOM images (text files,
     DICOMDIR indexes, structured reports); raises :class:`LdmonaiError` for DICOM that is
@@ -261,25 +333,17 @@ def read_header(path: str) -> FileHeader | None:
     if not looks_like_dicom(path):
         return None
     try:
-        with open(path, "rb") as fh, warnings.catch_warnings():
-            # pydicom warns per file about recoverable oddities; a batch of thousands would
-            # drown the report, where real problems surface.
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True, specific_tags=HEADER_TAGS)
-            vals = _values(ds)
-            meta = getattr(ds, "file_meta", None)
-            sop = _get(vals, "SOPClassUID") or (_get(meta, "MediaStorageSOPClassUID") if meta is not None else None)
-            if sop == DIRECTORY_SOP or (sop is not None and _get(vals, "Rows") is None):
-                return None  # a DICOMDIR or a non-image object (report, plan): nothing to convert
-            if _get(vals, "Rows") is None:
-                raise LdmonaiError("DICOM file without a readable SOP class or image size", path,
-                                   "the header is corrupt; re-export the file or remove it from the input")
-            pixel = _pixel_info(ds, vals, fh, path)
+        vals, sop, syntax, element, ds = _read_summary(path)
+        if sop == DIRECTORY_SOP or (sop is not None and _get(vals, "Rows") is None):
+            return None  # a DICOMDIR or a non-image object (report, plan): nothing to convert
+        if _get(vals, "Rows") is None:
+            raise LdmonaiError("DICOM file without a readable SOP class or image size", path,
+                               "the header is corrupt; re-export the file or remove it from the input")
+        pixel = _pixel_info(syntax, vals, element, path)
     except LdmonaiError:
         raise
-    except (InvalidDicomError, EOFError, struct.error, OSError, ValueError, KeyError, TypeError) as exc:
-        raise LdmonaiError(f"unreadable DICOM header ({type(exc).__name__}: {exc})", path,
-                           "the file is corrupt or truncated; re-export it or remove it from the input") from None
+    except PARSE_ERRORS as exc:
+        raise _unreadable(exc, path) from None
 
     image_type = _get(vals, "ImageType", ()) or ()
     image_type = image_type if isinstance(image_type, tuple) else (image_type,)
@@ -302,7 +366,7 @@ def read_header(path: str) -> FileHeader | None:
     intercept = float(tags.get("RescaleIntercept") or 0.0)
 
     try:
-        if "PerFrameFunctionalGroupsSequence" in ds:
+        if ds is not None and "PerFrameFunctionalGroupsSequence" in ds:
             header.frames = _frames_enhanced(ds, path)
             if len(header.frames) != pixel["n_frames"]:
                 raise LdmonaiError(

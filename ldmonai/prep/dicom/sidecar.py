@@ -11,10 +11,10 @@ import gzip
 import re
 
 import numpy as np
-import pydicom
 
 import ldmonai
-from ldmonai.prep.dicom.header import _get, read_csa
+from ldmonai.prep.dicom.csa import read_csa
+from ldmonai.prep.dicom.header import _get, read_values
 from ldmonai.prep.dicom.series import Series
 from ldmonai.prep.dicom.volume import Volume
 
@@ -130,13 +130,17 @@ def _siemens(volume: Volume, out: dict) -> bool | None:
     return bool(int(pos[0])) if pos else None
 
 
-def ge_protocol_block(ds) -> dict:
-    """Key/value pairs of GE's gzip-compressed protocol data block (0025,101B)."""
-    elem = ds.get((0x0025, 0x101B))
-    if elem is None or not isinstance(elem.value, bytes) or len(elem.value) < 8:
+GE_PROTOCOL_BLOCK = 0x0025101B
+SIDECAR_KEYS = [kw for _, kw, _ in GENERIC] + ["AcquisitionTime", "InPlanePhaseEncodingDirection",
+                                              GE_PROTOCOL_BLOCK]
+
+
+def ge_protocol_block(block) -> dict:
+    """Key/value pairs of GE's gzip-compressed protocol data block (0025,101B), given its bytes."""
+    if not isinstance(block, bytes) or len(block) < 8:
         return {}
     try:
-        text = gzip.decompress(elem.value[4:]).decode("latin-1")
+        text = gzip.decompress(block[4:]).decode("latin-1")
     except (OSError, EOFError):
         return {}
     pairs = {}
@@ -147,14 +151,14 @@ def ge_protocol_block(ds) -> dict:
     return pairs
 
 
-def _ge(ds, volume: Volume, out: dict) -> bool | None:
-    pdb = ge_protocol_block(ds)
+def _ge(vals: dict, volume: Volume, out: dict) -> bool | None:
+    pdb = ge_protocol_block(vals.get(GE_PROTOCOL_BLOCK))
     if not pdb:
         return None
     view = pdb.get("VIEWORDER")
     if view is not None:
         out["PhaseEncodingPolarityGE"] = "Flipped" if view == "1" else "Unflipped"
-    tr = _get(ds, "RepetitionTime")
+    tr = _get(vals, "RepetitionTime")
     n = len(volume.slices)
     order = pdb.get("SLICEORDER")
     if tr and n > 1 and order in ("0", "1") and pdb.get("GROUP", "0") in ("0", "1"):
@@ -173,11 +177,11 @@ def _ge(ds, volume: Volume, out: dict) -> bool | None:
 
 def build_sidecar(series: Series, volume: Volume) -> dict:
     """The BIDS sidecar of one converted series."""
-    ds = pydicom.dcmread(series.first.path, stop_before_pixels=True, force=True)
+    vals = read_values(series.first.path, SIDECAR_KEYS)
     out: dict = {}
-    modality = _get(ds, "Modality")
+    modality = _get(vals, "Modality")
     for key, kw, scale in GENERIC:
-        value = _get(ds, kw)
+        value = _get(vals, kw)
         if value is None:
             continue
         out[key] = _json_value(value, scale)
@@ -185,8 +189,8 @@ def build_sidecar(series: Series, volume: Volume) -> dict:
         out["Manufacturer"] = manufacturer_name(out["Manufacturer"])
     if series.tags.get("ImageType"):
         out["ImageType"] = image_type(series.tags["ImageType"], series.first.image_kind, modality)
-    if _get(ds, "AcquisitionTime"):
-        out["AcquisitionTime"] = _clock(_get(ds, "AcquisitionTime"))
+    if _get(vals, "AcquisitionTime"):
+        out["AcquisitionTime"] = _clock(_get(vals, "AcquisitionTime"))
     echo = series.tags.get("EchoNumbers")
     if "_e" in series.suffix and echo is not None:
         out["EchoNumber"] = int(echo[0] if isinstance(echo, tuple) else echo)
@@ -196,9 +200,9 @@ def build_sidecar(series: Series, volume: Volume) -> dict:
     if vendor == "Siemens":
         positive = _siemens(volume, out)
     elif vendor == "GE":
-        positive = _ge(ds, volume, out)
+        positive = _ge(vals, volume, out)
 
-    in_plane = _get(ds, "InPlanePhaseEncodingDirection")
+    in_plane = _get(vals, "InPlanePhaseEncodingDirection")
     if modality == "MR" and in_plane in ("ROW", "COL"):
         axis = "i" if in_plane == "ROW" else "j"
         if positive is None:

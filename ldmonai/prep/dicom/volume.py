@@ -12,10 +12,10 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import pydicom
 
 from ldmonai.errors import LdmonaiError
-from ldmonai.prep.dicom.header import NATIVE_SYNTAXES, FileHeader, Frame, read_csa
+from ldmonai.prep.dicom.csa import read_csa
+from ldmonai.prep.dicom.header import NATIVE_SYNTAXES, FileHeader, Frame
 from ldmonai.prep.dicom.series import Series
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -46,6 +46,8 @@ class Volume:
 
 # ----------------------------------------------------------------------------- pixels
 def _decode_with_pydicom(header: FileHeader) -> np.ndarray:
+    import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
