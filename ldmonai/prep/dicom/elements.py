@@ -17,6 +17,7 @@ real and on generated files.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 
@@ -109,6 +110,8 @@ DEFLATED = {"1.2.840.10008.1.2.1.99"}
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # float, double and integer pixel data
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_VR_NAMES = {vr.encode(): vr for vr in (
+    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split())}
 _CODECS = {None: "latin-1", "": "latin-1", "ISO_IR 6": "latin-1", "ISO 2022 IR 6": "latin-1",
            "ISO_IR 100": "latin-1", "ISO 2022 IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
@@ -151,19 +154,25 @@ class Elements:
         """Decoded value of a keyword or tag; None when absent."""
         tag = KEYWORDS[key][0] if isinstance(key, str) else key
         found = self.raw.get(tag) or self.meta.get(tag)
-        if found is None:
-            return None
-        codec = _CODECS.get(_charset(self.raw))
-        if codec is None:
-            raise Unsupported("character set")
-        vr, data = found
-        if vr == "UN" and tag in _BY_TAG:  # some writers say UN for standard elements; pydicom looks them up too
-            vr = _BY_TAG[tag][1]
-        return decode(vr, data, codec=codec)
+        return None if found is None else self._decode(tag, *found, self._codec())
 
     def values(self) -> dict:
         """Every wanted element present: keyword (tag for private ones) -> plain value."""
-        return {(_BY_TAG.get(tag) or (tag,))[0]: self.value(tag) for tag, (vr, _) in self.raw.items() if vr != "SQ"}
+        codec = self._codec()
+        return {(_BY_TAG.get(tag) or (tag,))[0]: self._decode(tag, vr, data, codec)
+                for tag, (vr, data) in self.raw.items() if vr != "SQ"}
+
+    def _codec(self) -> str:
+        codec = _CODECS.get(_charset(self.raw))
+        if codec is None:
+            raise Unsupported("character set")
+        return codec
+
+    @staticmethod
+    def _decode(tag: int, vr: str, data: bytes, codec: str):
+        if vr == "UN" and tag in _BY_TAG:  # some writers say UN for standard elements; pydicom looks them up too
+            vr = _BY_TAG[tag][1]
+        return decode(vr, data, codec=codec)
 
 
 def _charset(raw: dict) -> str | None:
@@ -220,24 +229,22 @@ class _Window:
 
     def __init__(self, fh):
         self.fh, self.start, self.buf = fh, 0, fh.read(_CHUNK)
+        self.size = os.fstat(fh.fileno()).st_size
 
-    def get(self, pos: int, n: int) -> bytes:
+    def move(self, pos: int, n: int) -> int:
+        """Make ``[pos, pos + n)`` readable from :attr:`buf`; returns its offset there."""
         lo = pos - self.start
         if lo < 0 or lo + n > len(self.buf):
             self.fh.seek(pos)
             self.start, self.buf = pos, self.fh.read(max(n, _CHUNK))
             lo = 0
-        out = self.buf[lo:lo + n]
-        if len(out) < n:
-            raise Truncated(f"file ends at byte {self.start + len(self.buf)}, inside the element at byte {pos}")
-        return out
+            if len(self.buf) < n:
+                raise Truncated(f"file ends at byte {pos + len(self.buf)}, inside the element at byte {pos}")
+        return lo
 
-    def at_end(self, pos: int) -> bool:
-        if pos - self.start < len(self.buf):
-            return False
-        self.fh.seek(pos)
-        self.start, self.buf = pos, self.fh.read(_CHUNK)
-        return not self.buf
+    def get(self, pos: int, n: int) -> bytes:
+        lo = self.move(pos, n)
+        return self.buf[lo:lo + n]
 
 
 def read_elements(fh, wanted: frozenset | set) -> Elements:
@@ -277,10 +284,19 @@ def read_elements(fh, wanted: frozenset | set) -> Elements:
     out = Elements(syntax, meta)
     implicit = syntax == IMPLICIT_LE
     depth = 0  # nesting of undefined-length sequences
-    while not win.at_end(pos):
-        b8 = win.get(pos, 8)
+    size = win.size
+    # The loop below runs ~700 times per GE slice: it reads the window's buffer directly and
+    # calls out only to refill it.
+    buf, start = win.buf, win.start
+    while pos < size:
+        lo = pos - start
+        if lo < 0 or lo + 12 > len(buf):
+            if size - pos < 8:
+                raise Truncated(f"file ends inside the element header at byte {pos}")
+            lo = win.move(pos, min(12, size - pos))
+            buf, start = win.buf, win.start
         if implicit:
-            group, elem, length = _IMPLICIT.unpack(b8)
+            group, elem, length = _IMPLICIT.unpack_from(buf, lo)
             tag = (group << 16) | elem
             head = 8
             if tag in _BY_TAG:
@@ -290,17 +306,19 @@ def read_elements(fh, wanted: frozenset | set) -> Elements:
             else:
                 vr = "UN"
         else:
-            group, elem, vr_bytes, length = _EXPLICIT.unpack(b8)
+            group, elem, vr_bytes, length = _EXPLICIT.unpack_from(buf, lo)
             tag = (group << 16) | elem
             head = 8
             if group == 0xFFFE:  # items and delimiters carry no VR in any syntax
-                (length,) = _U32.unpack_from(b8, 4)
+                (length,) = _U32.unpack_from(buf, lo + 4)
                 vr = None
             elif vr_bytes in _LONG_VRS:
-                (length,) = _U32.unpack(win.get(pos + 8, 4))
-                vr, head = vr_bytes.decode("ascii"), 12
-            elif vr_bytes.isalpha() and vr_bytes.isupper():
-                vr = vr_bytes.decode("ascii")
+                if lo + 12 > len(buf):
+                    raise Truncated(f"file ends inside the element header at byte {pos}")
+                (length,) = _U32.unpack_from(buf, lo + 8)
+                vr, head = _VR_NAMES[vr_bytes], 12
+            elif vr_bytes in _VR_NAMES:
+                vr = _VR_NAMES[vr_bytes]
             else:
                 raise Unsupported(f"no VR at byte {pos}")
         pos += head
@@ -320,6 +338,7 @@ def read_elements(fh, wanted: frozenset | set) -> Elements:
             continue
         if depth == 0 and tag in wanted:
             out.raw[tag] = ("SQ", b"") if vr == "SQ" else (vr, win.get(pos, length))
+            buf, start = win.buf, win.start
         pos += length
     if depth:
         raise Truncated("file ends inside a sequence")
