@@ -104,6 +104,7 @@ KEYWORDS = {
     "PerFrameFunctionalGroupsSequence": (0x52009230, "SQ"),
 }
 _BY_TAG = {tag: (kw, vr) for kw, (tag, vr) in KEYWORDS.items()}
+CHARSET_TAG = KEYWORDS["SpecificCharacterSet"][0]
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 DEFLATED = {"1.2.840.10008.1.2.1.99"}
@@ -176,7 +177,7 @@ class Elements:
 
 
 def _charset(raw: dict) -> str | None:
-    found = raw.get(KEYWORDS["SpecificCharacterSet"][0])
+    found = raw.get(CHARSET_TAG)
     if found is None:
         return None
     names = [n.strip() for n in found[1].decode("latin-1").rstrip(" \x00").split("\\")]
@@ -253,6 +254,7 @@ def read_elements(fh, wanted: frozenset | set) -> Elements:
     Args:
         fh: file opened in binary mode, positioned at its start.
         wanted: tags (``0xGGGGEEEE`` ints) to keep; elements inside sequences never count.
+            SpecificCharacterSet is always kept, for decoding.
 
     Returns:
         :class:`Elements`; the walk stops at the pixel data element.
@@ -261,13 +263,15 @@ def read_elements(fh, wanted: frozenset | set) -> Elements:
         Unsupported: the file needs pydicom (see the module docstring).
         Truncated: the file ends inside an element header or a wanted value.
     """
+    if CHARSET_TAG not in wanted:
+        wanted = wanted | {CHARSET_TAG}  # text cannot be decoded without it
     win = _Window(fh)
     if win.get(128, 4) != b"DICM":
         raise Unsupported("no DICM preamble")
-    meta, pos = {}, 132
-    while True:  # file meta: always explicit VR little endian
+    meta, pos, meta_end = {}, 132, None
+    while meta_end is None or pos < meta_end:  # file meta: always explicit VR little endian
         group, elem, vr, length = _EXPLICIT.unpack(win.get(pos, 8))
-        if group != 0x0002:
+        if meta_end is None and group != 0x0002:
             break
         head = 8
         if vr in _LONG_VRS:
@@ -275,6 +279,13 @@ def read_elements(fh, wanted: frozenset | set) -> Elements:
             head = 12
         meta[(group << 16) | elem] = (vr.decode("latin-1"), win.get(pos + head, length))
         pos += head + length
+        if (group, elem) == (0x0002, 0x0000) and length == 4:
+            # The group length says where the data set starts, as pydicom reads it; a damaged
+            # tag inside the meta group then cannot end the group early.
+            end = pos + _U32.unpack(meta[0x00020000][1])[0]
+            meta_end = end if pos < end <= win.size else None
+    if meta_end is not None and pos != meta_end:
+        raise Unsupported("file meta group length disagrees with its elements")
     syntax_raw = meta.get(KEYWORDS["TransferSyntaxUID"][0])
     if syntax_raw is None:
         raise Unsupported("no TransferSyntaxUID")

@@ -45,8 +45,9 @@ HEADER_TAGS = [
 ]
 HEADER_WANTED = tags_for(HEADER_TAGS)
 ENHANCED = tags_for(["PerFrameFunctionalGroupsSequence"])
-# Errors of a header that pydicom could not parse: all mean a damaged file.
-PARSE_ERRORS = (EOFError, struct.error, OSError, ValueError, KeyError, TypeError)
+# Errors of a header that pydicom could not parse: all mean a damaged file (pydicom raises
+# NotImplementedError for a value representation that does not exist).
+PARSE_ERRORS = (EOFError, struct.error, OSError, ValueError, KeyError, TypeError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -241,18 +242,20 @@ def read_values(path: str, keys) -> dict:
     (:data:`PARSE_ERRORS`, pydicom's InvalidDicomError).
     """
     keys = list(keys)
+    found = None
     elements = _walk(path, tags_for(keys))
     if elements is not None:
         try:
-            return elements.values()
+            found = elements.values()
         except (Unsupported, UnicodeDecodeError, ValueError, struct.error):
             pass
-    import pydicom
+    if found is None:
+        import pydicom
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        found = _values(pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=keys))
-    asked = set(keys)  # pydicom adds SpecificCharacterSet to what it was asked for
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = _values(pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=keys))
+    asked = set(keys)  # both readers add SpecificCharacterSet, which text decoding needs
     return {k: v for k, v in found.items() if k in asked}
 
 
