@@ -1,6 +1,8 @@
 """LDSeg parts on their own: shapes, sampling, uncertainty, loss, inferer, checks."""
 
+import json
 import math
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -180,14 +182,17 @@ def test_bad_pairs_are_named():
 
 @pytest.mark.slow
 def test_paper_3d_network_builds_trains_and_samples_on_cpu():
-    """The published 3D sizes at a reduced input (64^3): one training step and one sampling pass."""
+    """The published 3D sizes (the bundle's configs/paper.json) at a reduced input (64^3): one
+    training step and one sampling pass."""
+    paper = json.loads((Path(__file__).resolve().parents[1] / "bundles/ldseg/configs/paper.json").read_text())
+    keys = ["latent_channels", "embed_channels", "encoder_channels", "num_res_units", "denoiser_channels",
+            "denoiser_attention", "denoiser_res_blocks", "norm_num_groups", "num_head_channels", "num_inference_steps"]
     torch.manual_seed(0)
-    net = LDSeg(3, 1, 4, latent_channels=4, embed_channels=32, encoder_channels=(32, 64, 128, 256), num_res_units=2,
-                denoiser_channels=(128, 256, 512), denoiser_attention=(False, True, True), denoiser_res_blocks=2,
-                norm_num_groups=32, num_head_channels=32, num_inference_steps=10)
+    net = LDSeg(3, 1, 4, **{k: paper[k] for k in keys})
     assert net.factor == 16
-    n_params = sum(p.numel() for p in net.parameters())
-    assert n_params > 50e6, n_params
+    # the published denoiser: 16/32/64 wide, single-head attention on the two coarse levels
+    assert [b.resnets[0].conv2.conv.out_channels for b in net.denoiser.down_blocks] == [16, 32, 64]
+    assert net.denoiser.conv_in.conv.in_channels == 2  # 1-channel latent + 1-channel embedding
     image = torch.rand(1, 1, 64, 64, 64)
     label = torch.randint(0, 4, (1, 1, 64, 64, 64))
     opt = torch.optim.AdamW(net.parameters(), 1e-4)

@@ -55,6 +55,11 @@ class LDSeg(DiffusionSegmenter):
         denoiser_attention: attention per denoiser level.
         denoiser_res_blocks: residual blocks per denoiser level.
         norm_num_groups: group norm groups in the denoiser.
+        num_head_channels: channels per attention head in the denoiser, one value or one per
+            level (equal to the width: single-head attention, as published).
+
+    The defaults are the published sizes (the authors' reference code), as in the bundle's
+    ``configs/paper.json``.
         num_train_timesteps: T of the forward process.
         schedule: MONAI noise schedule name (``cosine`` as published).
         sampler: ``ddim`` or ``ddpm``.
@@ -67,15 +72,15 @@ class LDSeg(DiffusionSegmenter):
         spatial_dims: int,
         in_channels: int,
         num_classes: int,
-        latent_channels: int = 4,
-        embed_channels: int = 16,
-        encoder_channels: Sequence[int] = (32, 64, 128, 256),
+        latent_channels: int = 1,
+        embed_channels: int = 1,
+        encoder_channels: Sequence[int] = (32, 64, 64, 32),
         num_res_units: int = 1,
-        denoiser_channels: Sequence[int] = (128, 256, 512),
+        denoiser_channels: Sequence[int] = (16, 32, 64),
         denoiser_attention: Sequence[bool] = (False, True, True),
         denoiser_res_blocks: int = 2,
-        norm_num_groups: int = 32,
-        num_head_channels: int = 32,
+        norm_num_groups: int = 4,
+        num_head_channels: int | Sequence[int] = (16, 32, 64),
         num_train_timesteps: int = 1000,
         schedule: str = "cosine",
         sampler: str = "ddim",
