@@ -81,8 +81,12 @@ def test_ddpm_sampler_switch():
 
 def test_indivisible_size_is_refused_with_the_fix():
     net = tiny_ldseg()
-    with pytest.raises(ValueError, match="divisible by 4"):
+    assert (net.latent_factor, net.factor) == (4, 8)  # 2 encoder stages, then a 2-level denoiser
+    with pytest.raises(ValueError, match="divisible by 8"):
         net.sample(torch.rand(1, 1, 30, 32))
+    # 36 halves twice for the latent (9x9), but the denoiser cannot halve 9 again
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net.sample(torch.rand(1, 1, 36, 32))
 
 
 def test_uncertainty_maps():
@@ -189,7 +193,7 @@ def test_paper_3d_network_builds_trains_and_samples_on_cpu():
             "denoiser_attention", "denoiser_res_blocks", "norm_num_groups", "num_head_channels", "num_inference_steps"]
     torch.manual_seed(0)
     net = LDSeg(3, 1, 4, **{k: paper[k] for k in keys})
-    assert net.factor == 16
+    assert (net.latent_factor, net.factor) == (16, 64)
     # the published denoiser: 16/32/64 wide, single-head attention on the two coarse levels
     assert [b.resnets[0].conv2.conv.out_channels for b in net.denoiser.down_blocks] == [16, 32, 64]
     assert net.denoiser.conv_in.conv.in_channels == 2  # 1-channel latent + 1-channel embedding

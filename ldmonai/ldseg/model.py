@@ -105,7 +105,10 @@ class LDSeg(DiffusionSegmenter):
             norm_num_groups=norm_num_groups,
             num_head_channels=num_head_channels,
         )
-        self.factor = self.label_autoencoder.factor
+        # The label latent is 1/latent_factor of the input, and the denoiser halves that grid once
+        # per extra level: inputs must divide by both, or MONAI fails deep inside the denoiser.
+        self.latent_factor = self.label_autoencoder.factor
+        self.factor = self.latent_factor * 2 ** (len(tuple(denoiser_channels)) - 1)
         self.set_schedule(num_train_timesteps, schedule, sampler, num_inference_steps)
 
     def training_outputs(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
