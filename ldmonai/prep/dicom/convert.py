@@ -17,8 +17,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ldmonai.errors import LdmonaiError
 from ldmonai.io.atomic import atomic_path, atomic_write_json, remove_stale_temps
 from ldmonai.prep.dicom.header import read_header

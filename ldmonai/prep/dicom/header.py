@@ -226,11 +226,13 @@ def _pixel_element(fh, syntax: str) -> tuple | None:
     return (group << 16) | elem, value_at, length
 
 
-def _walk(path: str, wanted: frozenset) -> Elements | None:
-    """:func:`.elements.read_elements` of ``path``, or None where pydicom has to read it."""
+def _walk(path: str, wanted: frozenset) -> tuple[Elements, dict] | None:
+    """The wanted elements of ``path`` and their decoded values (:meth:`.Elements.values`),
+    or None where pydicom has to read the file."""
     try:
         with open(path, "rb") as fh:
-            return read_elements(fh, wanted)
+            elements = read_elements(fh, wanted)
+        return elements, elements.values()
     except (Unsupported, Truncated, UnicodeDecodeError, ValueError, struct.error):
         return None  # pydicom reads it, and words any real damage as it always has
 
@@ -242,14 +244,10 @@ def read_values(path: str, keys) -> dict:
     (:data:`PARSE_ERRORS`, pydicom's InvalidDicomError).
     """
     keys = list(keys)
-    found = None
-    elements = _walk(path, tags_for(keys))
-    if elements is not None:
-        try:
-            found = elements.values()
-        except (Unsupported, UnicodeDecodeError, ValueError, struct.error):
-            pass
-    if found is None:
+    walked = _walk(path, tags_for(keys))
+    if walked is not None:
+        found = walked[1]
+    else:
         import pydicom
 
         with warnings.catch_warnings():
@@ -302,15 +300,11 @@ def _read_summary(path: str):
     The Dataset is only there for enhanced multi-frame objects, whose per-frame geometry
     lives in nested sequences that the element walker does not keep.
     """
-    elements = _walk(path, HEADER_WANTED)
-    if elements is not None and not ENHANCED & elements.raw.keys():
-        try:
-            vals = elements.values()
-        except (Unsupported, UnicodeDecodeError, ValueError, struct.error):
-            vals = None
-        if vals is not None:
-            sop = _get(vals, "SOPClassUID") or elements.value("MediaStorageSOPClassUID") or None
-            return vals, sop, elements.syntax, elements.pixel, None
+    walked = _walk(path, HEADER_WANTED)
+    if walked is not None and not ENHANCED & walked[0].raw.keys():
+        elements, vals = walked
+        sop = _get(vals, "SOPClassUID") or elements.value("MediaStorageSOPClassUID") or None
+        return vals, sop, elements.syntax, elements.pixel, None
     import pydicom
     from pydicom.errors import InvalidDicomError
 

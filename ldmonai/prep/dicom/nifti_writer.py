@@ -115,7 +115,8 @@ def nifti1_header(data: np.ndarray, affine: np.ndarray, *, rgb: bool = False, tr
 def voxel_bytes(data: np.ndarray, rgb: bool = False) -> bytes:
     """Voxels in NIfTI order (first axis fastest), little endian; RGB triplets stay together."""
     if rgb:
-        data = np.moveaxis(data, -1, 0)  # channel fastest, then x, y, z
+        # RGB24 is 8 bits per channel whatever dtype the stacked colour volume came in
+        data = np.moveaxis(data.astype(np.uint8, copy=False), -1, 0)  # channel fastest, then x, y, z
     return np.asarray(data, dtype=data.dtype.newbyteorder("<")).tobytes(order="F")
 
 
@@ -127,15 +128,13 @@ def write_nifti1(path: str | Path, data: np.ndarray, affine: np.ndarray, **heade
     """
     rgb = bool(header.get("rgb"))
     payload = nifti1_header(data, affine, **header), voxel_bytes(data, rgb)
-    if str(path).endswith(".gz"):
+    with open(path, "wb") as raw:
+        if not str(path).endswith(".gz"):
+            raw.writelines(payload)
+            return
         # Level 1 and no time stamp: nibabel's speed trade-off, and the same input gives the same bytes.
-        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as fh:
-            for part in payload:
-                fh.write(part)
-    else:
-        with open(path, "wb") as fh:
-            for part in payload:
-                fh.write(part)
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as fh:
+            fh.writelines(payload)
 
 
 __all__ = ["HEADER", "nifti1_header", "quaternion", "voxel_bytes", "write_nifti1"]
