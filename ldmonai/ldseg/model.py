@@ -57,14 +57,14 @@ class LDSeg(DiffusionSegmenter):
         norm_num_groups: group norm groups in the denoiser.
         num_head_channels: channels per attention head in the denoiser, one value or one per
             level (equal to the width: single-head attention, as published).
-
-    The defaults are the published sizes (the authors' reference code), as in the bundle's
-    ``configs/paper.json``.
         num_train_timesteps: T of the forward process.
         schedule: MONAI noise schedule name (``cosine`` as published).
         sampler: ``ddim`` or ``ddpm``.
         num_inference_steps: reverse steps at sampling time.
         num_samples: samples averaged by ``forward``.
+
+    The defaults are the published sizes (the authors' reference code), as in the bundle's
+    ``configs/paper.json``.
     """
 
     def __init__(

@@ -15,7 +15,7 @@ from torch import nn
 
 
 # torch's fused SiLU is MONAI's "SWISH" (x * sigmoid(x)) in one kernel instead of three: the
-# same function to float rounding, and a third of the label decoder's time at full resolution.
+# same function to float rounding, and about a quarter off the label decoder's time.
 # MONAI takes a constructor in an (act, args) pair.
 ACT = (nn.SiLU, {})
 
