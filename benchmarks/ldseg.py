@@ -2,9 +2,11 @@
 
 One run, one input size, the `paper` preset sizes of bundles/ldseg/configs/paper.json.
 Each method runs in a fresh process so that peak memory is its own: on CUDA the peak of
-``torch.cuda.max_memory_allocated`` above what the network holds; on CPU the highest
-resident set size, sampled every millisecond by a watcher thread during sampling, above
-the RSS just before it. Weights are random: the cost of sampling does not depend on them.
+``torch.cuda.max_memory_allocated`` above what the network holds; on CPU the peak of the
+bytes malloc has in use, sampled every millisecond by a watcher thread during sampling,
+above the count just before it. Weights are random: the cost of sampling does not depend
+on them. Each method's multiply-adds per sample come from ``torch.utils.flop_counter``, so
+that the time ratio can be read against the work ratio.
 
     python benchmarks/ldseg.py                      # 2D 256x256, CPU
     python benchmarks/ldseg.py --dims 3 --size 64   # 3D 64^3
@@ -25,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.measure import PeakRSS, add_worker_arguments, hardware, parse_worker_arguments  # noqa: E402
+from benchmarks.measure import PeakHeap, add_worker_arguments, hardware, parse_worker_arguments  # noqa: E402
 
 PAPER = json.loads((ROOT / "bundles" / "ldseg" / "configs" / "paper.json").read_text())
 
@@ -52,7 +54,23 @@ def build(method: str, dims: int, steps: int):
             num_res_blocks=2, norm_num_groups=32, num_head_channels=32, sampler=sampler, num_inference_steps=steps,
         )
     ch = PAPER["unet_channels"]
-    return DeterministicSegmenter(UNet(dims, 1, 4, ch, [2] * (len(ch) - 1), num_res_units=2), 4)
+    return DeterministicSegmenter(UNet(dims, 1, 4, ch, [2] * (len(ch) - 1), num_res_units=PAPER["unet_res_units"]), 4)
+
+
+def count_gmac(method: str, dims: int, image, samples: int, steps: int) -> float:
+    """Multiply-adds of one ``sample`` call with ``steps`` reverse steps, from 1- and 2-step calls:
+    the encoders and decoder run once and every step costs the same, so two short counts give
+    the long one without running it a third time."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    for k in (1, 2):
+        net = build(method, dims, k).to(image.device).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as flops:
+            net.sample(image, samples)
+        counts.append(flops.get_total_flops() / 2e9)
+    return counts[0] + (steps - 1) * (counts[1] - counts[0])
 
 
 def worker(args) -> None:
@@ -64,34 +82,38 @@ def worker(args) -> None:
     net = build(args.method, args.dims, steps).to(device).eval()
     image = torch.rand(1, 1, *([args.size] * args.dims), device=device)
     with torch.no_grad():
-        warm = build(args.method, args.dims, 1).to(device).eval() if args.method != "unet" else net
-        warm.sample(image, args.samples)  # first call pays for allocator and kernel setup
-        del warm
+        # Memory comes from a 1-step copy (a sample holds one state whatever the step count) and
+        # never from a timed call: the watcher thread's malloc queries take the allocator's lock.
+        short = build(args.method, args.dims, 1).to(device).eval() if args.method != "unet" else net
+        short.sample(image, args.samples)  # first call pays for allocator and kernel setup
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
+            short.sample(image, args.samples)
+            torch.cuda.synchronize()
+            peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            with PeakHeap() as mem:
+                short.sample(image, args.samples)
+            peak_mb = mem.mb
+        del short
         times = []
         for _ in range(args.repeats):
-            with PeakRSS() as rss:
-                t0 = time.perf_counter()
-                probs = net.sample(image, args.samples)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            del probs
+            t0 = time.perf_counter()
+            net.sample(image, args.samples)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    gmac = count_gmac(args.method, args.dims, image, args.samples, 1000 if args.method == "pixel_ddpm" else steps)
     probs_shape = [args.samples, 1, 4, *image.shape[2:]]
-    if device.type == "cuda":
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak_mb = rss.mb
     seconds = min(times)
     scale = 1000 / args.ddpm_measure if args.method == "pixel_ddpm" else 1.0
     print(json.dumps({
         "method": args.method, "steps": 1000 if args.method == "pixel_ddpm" else steps,
         "measured_steps": steps, "seconds": seconds * scale, "measured_seconds": seconds,
-        "extrapolated": scale != 1.0, "peak_mb": peak_mb, "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
-        "out_shape": probs_shape,
+        "extrapolated": scale != 1.0, "peak_mb": peak_mb, "gmac": gmac,
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "out_shape": probs_shape,
     }))
 
 
@@ -120,7 +142,7 @@ def main() -> None:
         r = results[method]
         note = f" (timed {r['measured_steps']} steps in {r['measured_seconds']:.2f} s, scaled)" if r["extrapolated"] else ""
         print(f"{method:11s} {r['steps']:5d} steps  {r['seconds']:9.3f} s  peak {r['peak_mb']:8.1f} MB  "
-              f"{r['params_m']:6.1f} M params{note}", flush=True)
+              f"{r['gmac']:10.1f} GMAC  {r['params_m']:6.1f} M params{note}", flush=True)
 
     ld, un = results["ldseg"], results["unet"]
     shape = "x".join([str(args.size)] * args.dims)
@@ -128,6 +150,7 @@ def main() -> None:
     print(f"pixel DDPM-1000 / LDSeg DDIM-10 : {results['pixel_ddpm']['seconds'] / ld['seconds']:8.1f}x  (target >= 100x)")
     print(f"pixel DDIM-50   / LDSeg DDIM-10 : {results['pixel_ddim']['seconds'] / ld['seconds']:8.1f}x")
     print(f"LDSeg DDIM-10   / UNet          : {ld['seconds'] / un['seconds']:8.2f}x  (target <= 3x)")
+    print(f"  multiply-adds LDSeg / UNet    : {ld['gmac'] / un['gmac']:8.2f}x")
     print(f"peak memory LDSeg / UNet        : {ld['peak_mb'] / max(un['peak_mb'], 1e-6):8.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "hardware": hardware(args.device), "results": results}, indent=2))

@@ -4,6 +4,7 @@ the one way benchmarks run a bundle."""
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import platform
 import subprocess
@@ -31,18 +32,18 @@ def hardware(device: str) -> str:
     return f"{cpu_name()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
-class PeakRSS:
-    """Highest RSS of this process while the block runs, in MB above the RSS at entry.
+class _PeakProbe:
+    """Highest reading of ``_read()`` while the block runs, in MB above the reading at entry.
 
     Sampled every millisecond by a watcher thread: CPU tensors come and go faster than a
     before/after reading would see.
     """
 
-    def __enter__(self):
-        import psutil
+    def _read(self) -> int:
+        raise NotImplementedError
 
-        self._proc = psutil.Process()
-        self.base = self.peak = self._proc.memory_info().rss
+    def __enter__(self):
+        self.base = self.peak = self._read()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -50,14 +51,58 @@ class PeakRSS:
 
     def _watch(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self.peak = max(self.peak, self._read())
             time.sleep(0.001)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
+        self.peak = max(self.peak, self._read())
         self.mb = (self.peak - self.base) / 2**20
+
+
+class PeakRSS(_PeakProbe):
+    """Peak resident set size of this process above its value at entry."""
+
+    def __init__(self):
+        import psutil
+
+        self._proc = psutil.Process()
+
+    def _read(self) -> int:
+        return self._proc.memory_info().rss
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+class PeakHeap(_PeakProbe):
+    """Peak bytes that malloc has handed out and not taken back, above the count at entry.
+
+    The CPU analogue of ``torch.cuda.max_memory_allocated``. RSS under-reads a network whose
+    tensors fit in memory that malloc freed earlier and kept: the process does not grow, so a
+    small network's peak reads as zero after the warm-up call. glibc's ``mallinfo2`` counts
+    what is in use whether or not it is new to the process. Where there is no glibc 2.33 or
+    later, this falls back to RSS and says so in ``kind``.
+    """
+
+    def __init__(self):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallinfo2.restype = _MallInfo2
+            self._mallinfo2 = libc.mallinfo2
+            self.kind = "heap"
+        except (OSError, AttributeError):
+            self._rss = PeakRSS()
+            self.kind = "rss"
+
+    def _read(self) -> int:
+        if self.kind == "rss":
+            return self._rss._read()
+        info = self._mallinfo2()
+        return info.uordblks + info.hblkhd
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:

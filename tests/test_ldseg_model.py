@@ -207,3 +207,65 @@ def test_paper_3d_network_builds_trains_and_samples_on_cpu():
     net.eval()
     probs = net.sample(image, num_samples=2)
     assert probs.shape == (2, 1, 4, 64, 64, 64)
+
+
+def test_sampling_replays_the_denoiser_with_the_same_numbers():
+    """Eval-mode sampling runs the denoiser from a TorchScript trace: the samples equal, bit for
+    bit, those of the same loop through the module (here forced by putting it in train mode)."""
+    net = tiny_ldseg(3).eval()
+    image = torch.rand(2, 1, 16, 16, 16)
+    replayed = net.sample(image, 2, generator=torch.Generator().manual_seed(1))
+    net.denoiser.train()
+    direct = net.sample(image, 2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(replayed, direct)
+
+
+def test_replayer_traces_once_per_shape_and_follows_the_weights():
+    from monai.networks.nets import DiffusionModelUNet
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ldmonai.networks import replayer
+    from ldmonai.networks.replay import _TRACES
+
+    torch.manual_seed(0)
+    unet = DiffusionModelUNet(
+        2, 2, 1, channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, norm_num_groups=8,
+        num_head_channels=8,
+    ).eval()
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([10, 900])
+    assert replayer(unet) is unet  # gradients on: training steps never see a trace
+    with torch.no_grad():
+        fn = replayer(unet)
+        assert fn is not unet
+        assert torch.equal(fn(x, t), unet(x, t))
+        fn(x, t)
+        small = torch.randn(1, 2, 16, 16)
+        assert torch.equal(fn(small, t[:1]), unet(small, t[:1]))
+        assert len(_TRACES[unet]) == 3  # the weights' fingerprint and two input signatures
+        next(unet.parameters()).mul_(2)  # an in-place update, as an optimiser step makes
+        assert torch.equal(fn(x, t), unet(x, t))
+        unet.load_state_dict({k: v * 0.5 for k, v in unet.state_dict().items()}, assign=True)
+        assert torch.equal(replayer(unet)(x, t), unet(x, t))  # new tensors: traced again
+        assert replayer(unet.train()) is unet
+        unet.eval()
+        with FlopCounterMode(display=False):
+            assert replayer(unet) is unet
+        handle = unet.register_forward_hook(lambda *a: None)
+        assert replayer(unet) is unet  # a trace would skip the hook
+        handle.remove()
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_label_decoder_inference_path_matches_training_path(dims):
+    """Inference runs the decoder's full-resolution stage channels-last; the numbers match the
+    channels-first path that training uses, to float rounding, and come back channels-first."""
+    from ldmonai.networks import ConvUp
+
+    torch.manual_seed(0)
+    decoder = ConvUp(dims, 2, 3, (8, 16), 1).eval()
+    z = torch.randn(1, 2, *[4] * dims)
+    with torch.no_grad():
+        fast = decoder(z)
+    slow = decoder(z).detach()
+    assert fast.is_contiguous() and fast.shape == slow.shape == (1, 3, *[16] * dims)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)

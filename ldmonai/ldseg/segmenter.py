@@ -9,6 +9,7 @@ from torch import nn
 
 from ldmonai.diffusion import build_scheduler, denoise
 from ldmonai.ldseg.uncertainty import stack_maps, uncertainty_maps
+from ldmonai.networks import replayer
 
 
 class Segmenter(nn.Module):
@@ -79,8 +80,13 @@ class DiffusionSegmenter(Segmenter):
         return noise, t, self.scheduler.add_noise(x0, noise, t)
 
     def conditioned(self, condition: torch.Tensor):
-        """``fn(x_t, t)``: the denoiser's output for ``[x_t, condition]``."""
-        return lambda x, t: self.denoiser(torch.cat([x, condition], dim=1), timesteps=t)
+        """``fn(x_t, t)``: the denoiser's output for ``[x_t, condition]``.
+
+        Sampling replays the denoiser from a trace (:func:`~ldmonai.networks.replayer`): the
+        same numbers without the per-step Python; training calls it directly.
+        """
+        denoiser = replayer(self.denoiser)
+        return lambda x, t: denoiser(torch.cat([x, condition], dim=1), t)
 
     def reverse(self, condition: torch.Tensor, channels: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Denoise fresh noise ``(len(condition), channels, *condition.shape[2:])`` to x0."""

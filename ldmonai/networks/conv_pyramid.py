@@ -15,9 +15,12 @@ from torch import nn
 
 
 # torch's fused SiLU is MONAI's "SWISH" (x * sigmoid(x)) in one kernel instead of three: the
-# same function to float rounding, and about a quarter off the label decoder's time.
-# MONAI takes a constructor in an (act, args) pair.
-ACT = (nn.SiLU, {})
+# same function to float rounding, and about a quarter off the label decoder's time. In place,
+# because every activation here follows a norm whose output nothing else reads: the decoder's
+# full-resolution stage then allocates three fewer 32-channel volumes (about 5 % of LDSeg's
+# sampling time at 64^3), and the gradients are bit-identical. MONAI takes a constructor in an
+# (act, args) pair.
+ACT = (nn.SiLU, {"inplace": True})
 
 
 def _norm(channels: int) -> tuple:
@@ -94,3 +97,18 @@ class ConvUp(_Pyramid):
         layers = [head, *_stages(spatial_dims, channels[0], channels, num_res_units, transposed=True)]
         layers.append(Convolution(spatial_dims, channels[-1], out_channels, kernel_size=1, conv_only=True))
         super().__init__(layers, 2 ** len(channels))
+        # the last upsampling, its residual units and the output projection
+        self.full_resolution = len(layers) - num_res_units - 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers[: self.full_resolution](x)
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
+            # oneDNN computes a transposed convolution channels-last and, for a channels-first
+            # output, copies it back: at 64^3 that copy is a fresh 33 MB tensor that costs more
+            # than the convolution. Run the whole full-resolution stage channels-last and
+            # convert only the few-channel logits: the 3D label decoder's time fell by about a
+            # quarter (no change in 2D). Inference only: training keeps the channels-first
+            # numbers that the shipped weights were trained with (they differ by float rounding).
+            x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+            return self.layers[self.full_resolution :](x).contiguous()
+        return self.layers[self.full_resolution :](x)
