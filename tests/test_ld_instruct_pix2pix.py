@@ -52,6 +52,14 @@ def test_condition_dropout_rates():
     assert kept_prompts == [INSTRUCTION] * 4 and bool((kept == 1).all())
 
 
+def test_schedule_arguments_reach_the_schedulers():
+    """beta_start and beta_end set the training and sampling betas, as for text-to-image."""
+    model = tiny_ip2p(beta_start=0.0001, beta_end=0.02, schedule="linear_beta")
+    for scheduler in (model.train_scheduler(), model.sample_scheduler()):
+        betas = scheduler.scheduler.betas  # the MONAI scheduler inside the latent drift wrapper
+        assert betas[0].item() == pytest.approx(0.0001) and betas[-1].item() == pytest.approx(0.02)
+
+
 def test_bad_use_is_one_clear_error():
     with pytest.raises(LdmonaiError, match="twice the latent channels"):
         InstructPix2Pix(tiny_model().autoencoder, tiny_model().unet, tiny_model().text_encoder)

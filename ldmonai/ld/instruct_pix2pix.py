@@ -43,8 +43,10 @@ class InstructPix2Pix(LatentDiffusion):
     """
 
     def __init__(self, autoencoder, unet, text_encoder, scale_factor: float = 1.0, num_train_timesteps: int = 1000,
-                 schedule: str = "scaled_linear_beta", text_dropout: float = 0.0, condition_dropout: float = 0.05) -> None:
-        super().__init__(autoencoder, unet, text_encoder, scale_factor, num_train_timesteps, schedule, text_dropout)
+                 schedule: str = "scaled_linear_beta", text_dropout: float = 0.0, condition_dropout: float = 0.05,
+                 beta_start: float = 0.00085, beta_end: float = 0.012) -> None:
+        super().__init__(autoencoder, unet, text_encoder, scale_factor, num_train_timesteps, schedule, text_dropout,
+                         beta_start, beta_end)
         if unet.in_channels != 2 * unet.out_channels:
             raise LdmonaiError(f"the UNet takes {unet.in_channels} channels and predicts {unet.out_channels}; "
                                "InstructPix2Pix needs twice the latent channels in", None,

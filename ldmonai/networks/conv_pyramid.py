@@ -107,7 +107,7 @@ class ConvUp(_Pyramid):
             # output, copies it back: at 64^3 that copy is a fresh 33 MB tensor that costs more
             # than the convolution. Run the whole full-resolution stage channels-last and
             # convert only the few-channel logits: the 3D label decoder's time fell by about a
-            # quarter (no change in 2D). Inference only: training keeps the channels-first
+            # quarter (in 2D, within noise). Inference only: training keeps the channels-first
             # numbers that the shipped weights were trained with (they differ by float rounding).
             x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
             return self.layers[self.full_resolution :](x).contiguous()
