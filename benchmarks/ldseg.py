@@ -3,8 +3,8 @@
 One run, one input size, the `paper` preset sizes of bundles/ldseg/configs/paper.json.
 Each method runs in a fresh process so that peak memory is its own: on CUDA the peak of
 ``torch.cuda.max_memory_allocated`` above what the network holds; on CPU the peak of the
-bytes malloc has in use, sampled every millisecond by a watcher thread during sampling,
-above the count just before it. Weights are random: the cost of sampling does not depend
+bytes malloc has in use, sampled every millisecond by a watcher thread during an untimed
+sampling call, above the count just before it. Weights are random: the cost of sampling does not depend
 on them. Each method's multiply-adds per sample come from ``torch.utils.flop_counter``, so
 that the time ratio can be read against the work ratio.
 
@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,21 @@ def build(method: str, dims: int, steps: int):
     return DeterministicSegmenter(UNet(dims, 1, 4, ch, [2] * (len(ch) - 1), num_res_units=PAPER["unet_res_units"]), 4)
 
 
-def count_gmac(method: str, dims: int, image, samples: int, steps: int) -> float:
+@contextmanager
+def reverse_steps(net, k: int):
+    """``net`` sampling with ``k`` reverse steps inside the block; the UNet has none to set."""
+    saved = getattr(net, "num_inference_steps", None)
+    if saved is None:
+        yield net
+        return
+    net.num_inference_steps = k
+    try:
+        yield net
+    finally:
+        net.num_inference_steps = saved
+
+
+def count_gmac(net, image, samples: int, steps: int) -> float:
     """Multiply-adds of one ``sample`` call with ``steps`` reverse steps, from 1- and 2-step calls:
     the encoders and decoder run once and every step costs the same, so two short counts give
     the long one without running it a third time."""
@@ -66,8 +81,7 @@ def count_gmac(method: str, dims: int, image, samples: int, steps: int) -> float
 
     counts = []
     for k in (1, 2):
-        net = build(method, dims, k).to(image.device).eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        with reverse_steps(net, k), torch.no_grad(), FlopCounterMode(display=False) as flops:
             net.sample(image, samples)
         counts.append(flops.get_total_flops() / 2e9)
     return counts[0] + (steps - 1) * (counts[1] - counts[0])
@@ -81,12 +95,11 @@ def worker(args) -> None:
     steps = {"ldseg": 10, "pixel_ddpm": args.ddpm_measure, "pixel_ddim": 50, "unet": 1}[args.method]
     net = build(args.method, args.dims, steps).to(device).eval()
     image = torch.rand(1, 1, *([args.size] * args.dims), device=device)
-    with torch.no_grad():
-        # Untimed 1-step calls of the timed network itself: the first pays for allocator and
-        # kernel setup and for the denoiser's trace (made once per network and shape), the
-        # second gives the peak memory (a sample holds one state whatever the step count). No
-        # timed call is watched: the watcher thread's malloc queries take the allocator's lock.
-        net.num_inference_steps = 1
+    # Untimed 1-step calls of the timed network itself: the first pays for allocator and kernel
+    # setup and for the denoiser's trace (made once per network and shape), the second gives
+    # the peak memory (a sample holds one state whatever the step count). No timed call is
+    # watched: the watcher thread's malloc queries take the allocator's lock.
+    with torch.no_grad(), reverse_steps(net, 1):
         net.sample(image, args.samples)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -99,7 +112,7 @@ def worker(args) -> None:
             with PeakHeap() as mem:
                 net.sample(image, args.samples)
             peak_mb = mem.mb
-        net.num_inference_steps = steps
+    with torch.no_grad():
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
@@ -107,7 +120,7 @@ def worker(args) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-    gmac = count_gmac(args.method, args.dims, image, args.samples, 1000 if args.method == "pixel_ddpm" else steps)
+    gmac = count_gmac(net, image, args.samples, 1000 if args.method == "pixel_ddpm" else steps)
     probs_shape = [args.samples, 1, 4, *image.shape[2:]]
     seconds = min(times)
     scale = 1000 / args.ddpm_measure if args.method == "pixel_ddpm" else 1.0
