@@ -1,21 +1,29 @@
 # Two commands work on a fresh machine:  `make demo`  and  `make test`.
-# Both create .venv, install ldmonai with the torch pin (constraints.txt), then run.
+# Both create .venv and install ldmonai with the torch pin (constraints.txt). The demo installs
+# only what it runs (ldmonai and its sample data, `.[samples]`); the suite adds `.[dev]` on top
+# (diffusers, peft, the Astra encoder weights, the conversion baselines, pytest).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ldmonai-installed
+DEV_STAMP := $(VENV)/.ldmonai-dev-installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 
 LABEL_VENV  ?= .venv-label
 LABEL_STAMP := $(LABEL_VENV)/.ldmonai-installed
 
-.PHONY: setup demo test bench clean label-env
+.PHONY: setup dev demo test bench clean label-env
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c constraints.txt -e ".[samples]"
 	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was installed, expected 2.13.0')"
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was installed, expected 2.13.0')"
+	touch $(DEV_STAMP)
 
 # MONAI Label runs in its own environment: monailabel imports torchvision, whose registry
 # wheels all link CUDA. --isolated makes pip ignore the machine's local CPU wheel folder and
@@ -35,15 +43,17 @@ label-env: $(LABEL_STAMP)
 
 setup: $(STAMP)
 
+dev: $(DEV_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/ldmonai demo --out-dir demo_out
 
 # The MONAI Label environment is set up before the suite (it is an environment, like .venv);
 # tests/test_monailabel.py still checks what it holds.
-test: $(STAMP) $(LABEL_STAMP)
+test: $(DEV_STAMP) $(LABEL_STAMP)
 	$(BIN)/python -m pytest -q --durations=25 tests
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/convert.py
 	$(BIN)/python benchmarks/ldseg.py --dims 3 --size 64 --ddpm-measure 3 --repeats 1
 	$(BIN)/python benchmarks/prep.py

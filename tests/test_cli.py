@@ -2,10 +2,12 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -31,42 +33,78 @@ def test_bad_arguments_give_one_line_and_exit_2(args):
     assert len(lines) == 1 and lines[0].startswith("ldmonai") and "error:" in lines[0], res.stderr
 
 
-def test_missing_input_is_one_clear_line(tmp_path):
-    res = run("prep", "convert", str(tmp_path / "missing"), str(tmp_path / "out"))
-    assert res.returncode == 1
-    assert res.stderr.strip().count("\n") == 0 and "does not exist" in res.stderr
-    assert "Traceback" not in res.stderr
+@pytest.mark.parametrize("args", [("prep", "convert", "{missing}", "{out}"),
+                                  ("prep", "skullstrip", "{missing}", "{out}"),
+                                  ("prep", "run", "{missing}.yaml", "{missing}", "{out}"),
+                                  ("prep", "run", "configs/prep/brain_t1.yaml", "{missing}", "{out}")])
+def test_a_missing_path_is_one_clear_line_and_exit_2(tmp_path, args):
+    """`ldmonai --help` promises 2 for bad arguments or paths, in every subcommand; no OUT is left."""
+    root = Path(__file__).resolve().parents[1]
+    args = [a.format(missing=tmp_path / "missing", out=tmp_path / "out") for a in args]
+    res = run(*args, cwd=root)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and ("not found" in res.stderr or "does not exist" in res.stderr)
+    assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
+
+
+def test_help_states_the_exit_codes():
+    text = run("--help").stdout
+    assert "0  everything done" in text and "1  the command ran, but some cases failed" in text
+    assert "2  bad arguments or paths" in text
 
 
 def test_bad_template_is_refused(tmp_path):
     (tmp_path / "in").mkdir()
     res = run("prep", "convert", str(tmp_path / "in"), str(tmp_path / "out"), "--template", "../{PatientID}")
-    assert res.returncode == 1 and "template" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "template" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_demo_runs_every_bundle_on_the_embedded_samples(tmp_path):
-    res = run("demo", "--out-dir", str(tmp_path / "demo"))
+def test_demo_runs_every_stage_from_a_relative_out_dir(tmp_path):
+    """The demo as a newcomer runs it: a relative --out-dir in another working directory (datalists
+    hold paths relative to their own folder, so nothing is resolved twice). Each stage is checked
+    against a known answer: the reference labels, the reference CT, the plausible brain volume."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    res = run("demo", "--out-dir", "demo", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     demo = tmp_path / "demo"
-    niftis = list((demo / "nifti").rglob("*.nii.gz"))
-    assert len(niftis) >= 25 and "NIfTI + BIDS JSON" in res.stdout
+    for k in range(1, 7):  # a progress line with the wall time of each of the six stages
+        assert re.search(rf"^\[{k}/6\] .+: [0-9.]+ s$", res.stdout, re.M), res.stdout
     assert res.stdout.count("shipped tiny weights") == 3, res.stdout
-    # LDSeg segments the two test cases with the shipped weights.
-    inference = demo / "ldseg" / "inference"
-    assert len(list(inference.glob("*_seg.nii.gz"))) == 2 and len(list(inference.glob("*_preview.png"))) == 2
-    assert (demo / "ldseg" / "models" / "model.pt").exists()
-    # GDM synthesises CT for the two held-out cases only.
+    # 1. the four real scans of the pydicom wheel, each a series with a sidecar
+    assert len(list((demo / "nifti").glob("*/*.nii.gz"))) == 4
+    # 2. skull-stripping: an adult brain volume, on the input's grid
+    mask_img = nib.load(next((demo / "prep").glob("*/*_mask.nii.gz")))
+    ml = float(np.asarray(mask_img.dataobj).sum()) * float(np.prod(mask_img.header.get_zooms())) / 1000
+    assert 900 < ml < 1900, ml
+    # 3. LDSeg against the reference labels of its held-out cases
+    data = json.loads((demo / "ldseg" / "data" / "datalist.json").read_text())
+    assert not any(Path(e["image"]).is_absolute() for e in data["test"])
+    for entry in data["test"]:
+        stem = Path(entry["image"]).name.split(".")[0]
+        seg = np.asarray(nib.load(demo / "ldseg" / "inference" / f"{stem}_seg.nii.gz").dataobj)
+        ref = np.asarray(nib.load(demo / "ldseg" / "data" / entry["label"]).dataobj)
+        dice = [2 * ((seg == c) & (ref == c)).sum() / ((seg == c).sum() + (ref == c).sum()) for c in (1, 2, 3)]
+        assert np.mean(dice) > 0.6, (stem, dice)
+    # 4. GDM synthesises CT for the two held-out cases only, closer to the reference than water
     sct = sorted((demo / "gdm" / "inference").glob("*_sct.nii.gz"))
     assert [p.name for p in sct] == ["HPH008_sct.nii.gz", "HPH009_sct.nii.gz"], sct
-    # LD searches delta in its range and generates at the delta it found.
+    for path in sct:
+        case = demo / "gdm" / "data" / "Task1" / "HN" / path.name[:6]
+        ct = sitk.ReadImage(str(case / "ct.mha"))
+        pred = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(path)), ct))
+        ref, body = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(sitk.ReadImage(str(case / "mask.mha"))) > 0
+        assert np.abs(pred - ref)[body].mean() < np.abs(ref)[body].mean(), path
+    # 5. LD: the delta search picks a grid point, and slices are generated at 0 and at the delta found
     ld = demo / "ld_slice_generator"
-    best = json.loads((ld / "delta_search" / "delta_search.json").read_text())["best_delta"]
-    assert -0.1 <= best <= 0.1 and (ld / "delta_search" / "delta_grid.png").is_file()
-    assert json.loads((ld / "generated" / "prompts.json").read_text())["delta"] == pytest.approx(best)
-    assert len(list((ld / "generated").glob("*.png"))) == 8 and len(list((ld / "generated").glob("*.nii.gz"))) == 8
+    search = json.loads((ld / "delta_search" / "delta_search.json").read_text())
+    assert json.loads((ld / "generated" / "prompts.json").read_text())["delta"] == pytest.approx(search["best_delta"])
+    assert json.loads((ld / "generated_delta0" / "prompts.json").read_text())["delta"] == 0
+    assert len(list((ld / "generated").glob("*.nii.gz"))) == 8
     assert (demo / "overview.png").is_file()
-    again = run("demo", "--out-dir", str(demo))  # resumes: nothing to redo
-    assert again.returncode == 0 and "0 series converted" in again.stdout
+    again = run("demo", "--out-dir", "demo", cwd=tmp_path)  # resumes: nothing to redo
+    assert again.returncode == 0 and "0 series converted" in again.stdout and "1 already done" in again.stdout
 
 
 @pytest.mark.parametrize("bundle", ["ldseg", "gdm", "ld_slice_generator"])
@@ -128,9 +166,9 @@ def test_bundle_pack(tmp_path, capsys):
     assert (dest / "models" / "model.pt").read_bytes() == b"not checked here"
     assert _json.loads((bundle / "configs" / "inference.json").read_text())["spatial_dims"] == 2  # source untouched
     capsys.readouterr()
-    assert cli(["bundle", "pack", str(bundle), str(dest), "--set", "spatial_dimz=3", "--overwrite"]) == 1
+    assert cli(["bundle", "pack", str(bundle), str(dest), "--set", "spatial_dimz=3", "--overwrite"]) == 2
     assert "no config in the bundle defines ['spatial_dimz']" in capsys.readouterr().err
-    assert cli(["bundle", "pack", str(bundle), str(dest)]) == 1
+    assert cli(["bundle", "pack", str(bundle), str(dest)]) == 2
     assert "destination exists" in capsys.readouterr().err
     assert (dest / "models" / "model.pt").is_file()  # a refused pack leaves the old copy alone
 
@@ -153,7 +191,8 @@ def test_data_slice_sets_for_ld(tmp_path, capsys):
 
     assert cli(["data", "natural", str(tmp_path / "natural"), "--images", "6", "--size", "16"]) == 0
     train = _json.loads((tmp_path / "natural" / "datalist.json").read_text())["training"]
-    assert train and all(e["prompt"].startswith("a photo of ") and Path(e["image"]).is_file() for e in train)
+    assert train and all(e["prompt"].startswith("a photo of ") and (tmp_path / "natural" / e["image"]).is_file()
+                         for e in train)
     (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
     code = cli(["data", "brain-slices", str(tmp_path / "brain"), "--slices", "4", "--size", "16",
                 "--volume", str(tmp_path / "broken.nii.gz")])
@@ -162,7 +201,7 @@ def test_data_slice_sets_for_ld(tmp_path, capsys):
     assert cli(["data", "aging-pairs", str(tmp_path / "pairs"), "--pairs", "4", "--size", "16"]) == 0
     pairs = _json.loads((tmp_path / "pairs" / "datalist.json").read_text())
     entry = (pairs["training"] + pairs["validation"])[0]
-    assert Path(entry["source"]).is_file() and Path(entry["image"]).is_file()
+    assert (tmp_path / "pairs" / entry["source"]).is_file() and (tmp_path / "pairs" / entry["image"]).is_file()
     assert entry["prompt"].startswith("age this ") and entry["target_age"] > entry["age"]
 
 

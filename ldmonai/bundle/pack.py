@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import UsageError
 
 _SKIP = shutil.ignore_patterns("runs", "eval", "data", "__pycache__", "*.pt", "*.ts", ".*")
 
@@ -58,11 +58,11 @@ def pack_bundle(
     """
     source, dest = Path(source), Path(dest)
     if not (source / "configs" / "metadata.json").is_file():
-        raise LdmonaiError("not a MONAI bundle (no configs/metadata.json)", source, "pass a folder under bundles/")
+        raise UsageError("not a MONAI bundle (no configs/metadata.json)", source, "pass a folder under bundles/")
     if dest.exists() and not overwrite:
-        raise LdmonaiError("destination exists", dest, "choose a new folder or pass --overwrite")
+        raise UsageError("destination exists", dest, "choose a new folder or pass --overwrite")
     if weights is not None and not Path(weights).is_file():
-        raise LdmonaiError("weights file not found", weights, "train with the bundle's train config first")
+        raise UsageError("weights file not found", weights, "train with the bundle's train config first, or pass a shipped bundles/<name>/models/demo_tiny.pt")
     overrides = {k: _parse(v) for k, v in (overrides or {}).items()}
 
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -81,7 +81,7 @@ def pack_bundle(
     unused = sorted(set(overrides) - used)
     if unused:
         shutil.rmtree(tmp)
-        raise LdmonaiError(f"no config in the bundle defines {unused}", source / "configs", "check the spelling of the setting")
+        raise UsageError(f"no config in the bundle defines {unused}", source / "configs", "check the spelling of the setting")
 
     if "spatial_dims" in overrides:
         meta_path = tmp / "configs" / "metadata.json"

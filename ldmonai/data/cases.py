@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ldmonai.data.datalist import load_datalist
-from ldmonai.errors import LdmonaiError, first_line
+from ldmonai.errors import LdmonaiError, UsageError, first_line
 from ldmonai.io.atomic import atomic_write_json
 from ldmonai.io.names import IMAGE_SUFFIXES, case_stem, image_stem
 
@@ -40,7 +40,7 @@ def find_images(source: str | os.PathLike, split: str = "test", key: str = "imag
                 "folder holds no images", source, f"put images with one of {', '.join(IMAGE_SUFFIXES)} in it"
             )
         return [{key: str(p)} for p in files]
-    raise LdmonaiError("input not found", source, "pass an image file, a folder of images or a datalist JSON")
+    raise UsageError("input not found", source, "pass an image file, a folder of images or a datalist JSON")
 
 
 def _problem(path: str, spatial_dims: int | None) -> str | None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, UsageError
 
 
 def load_datalist(
@@ -41,7 +41,7 @@ def load_datalist(
     """
     datalist = Path(datalist)
     if not datalist.is_file():
-        raise LdmonaiError("datalist not found", datalist, "pass the path of a datalist JSON file")
+        raise UsageError("datalist not found", datalist, "pass the path of a datalist JSON file")
     try:
         data = json.loads(datalist.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -74,3 +74,34 @@ def load_datalist(
             item[k] = str(path)
         out.append(item)
     return out
+
+
+# Entry keys whose values are file paths. One convention for every datalist the project writes
+# and reads: a relative path is relative to the datalist's own folder (MONAI's
+# ``load_decathlon_datalist`` default, and ``load_datalist``'s), never to the working directory.
+PATH_KEYS = ("image", "label", "mask", "source")
+
+
+def write_datalist(datalist: str | os.PathLike, data: dict) -> Path:
+    """Write ``data`` as a datalist JSON (atomically), every path relative to the datalist's folder.
+
+    Paths in ``PATH_KEYS`` may come absolute or relative to the working directory; both are
+    rewritten relative to ``datalist``'s folder, so the file stays valid wherever the process
+    that reads it runs and wherever the folder is moved with its data. Other keys and any
+    non-list entry (``name``, ``labels``) are kept as they are. Returns the path written.
+    """
+    from ldmonai.io.atomic import atomic_write_json
+
+    datalist = Path(datalist)
+    folder = datalist.parent.resolve()
+
+    def relative(value):
+        return Path(os.path.relpath(Path(value).resolve(), folder)).as_posix()
+
+    out = {}
+    for split, entries in data.items():
+        if isinstance(entries, list):
+            entries = [{k: relative(v) if k in PATH_KEYS and isinstance(v, (str, os.PathLike)) else v
+                        for k, v in e.items()} if isinstance(e, dict) else e for e in entries]
+        out[split] = entries
+    return atomic_write_json(datalist, out)

@@ -30,7 +30,8 @@ from monai.transforms import (
 )
 from tqdm.auto import tqdm
 
-from ldmonai.io.atomic import atomic_path, atomic_write_json
+from ldmonai.data.datalist import write_datalist
+from ldmonai.io.atomic import atomic_path
 from ldmonai.prep.templates import MNI152_FILES, nilearn_template_dir
 
 CLASS_NAMES = ("background", "csf", "grey_matter", "white_matter")
@@ -154,9 +155,9 @@ def make_tissue_dataset(
             name = f"case_{case:03d}.nii.gz"
             _save(img, case_affine, out_dir / "imagesTr" / name)
             _save(lab, case_affine, out_dir / "labelsTr" / name)
-            entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
+            entries.append({"image": out_dir / "imagesTr" / name, "label": out_dir / "labelsTr" / name})
             case += 1
             bar.update()
         datalist[split] = entries
     bar.close()
-    return atomic_write_json(out_dir / "datalist.json", datalist)
+    return write_datalist(out_dir / "datalist.json", datalist)

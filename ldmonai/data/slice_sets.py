@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ldmonai.errors import LdmonaiError
-from ldmonai.io.atomic import atomic_write_json
+from ldmonai.data.datalist import write_datalist
 from ldmonai.io.preview import save_unit_png
 
 __all__ = ["NATURAL_SUBJECTS", "make_aging_pairs", "make_brain_slices", "make_natural_slices", "simulate_atrophy"]
@@ -107,7 +107,7 @@ def make_natural_slices(out_dir: str | os.PathLike, num_images: int = 256, size:
         save_unit_png(path, crop)
         entries.append({"image": str(path), "prompt": f"a photo of {NATURAL_SUBJECTS[name]}"})
     rng.shuffle(entries)
-    return atomic_write_json(out / "datalist.json", _split(entries, val_fraction))
+    return write_datalist(out / "datalist.json", _split(entries, val_fraction))
 
 
 def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: int = 32, seed: int = 0,
@@ -156,7 +156,7 @@ def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: in
         save_unit_png(path, _resize(img, size))
         entries.append({"image": str(path), "prompt": prompt})
     order = rng.permutation(len(entries))
-    return atomic_write_json(out / "datalist.json", _split([entries[k] for k in order], val_fraction))
+    return write_datalist(out / "datalist.json", _split([entries[k] for k in order], val_fraction))
 
 
 def simulate_atrophy(image: np.ndarray, years: float, rate: float = 0.015, width: float = 0.35) -> np.ndarray:
@@ -197,4 +197,4 @@ def make_aging_pairs(out_dir: str | os.PathLike, num_pairs: int = 64, size: int 
         save_unit_png(paths["target"], target)
         entries.append({"source": str(paths["source"]), "image": str(paths["target"]), "age": age, "target_age": age + k,
                         "prompt": prompts.instruction({"age": age}, {"age": age + k})})
-    return atomic_write_json(out / "datalist.json", _split(entries, val_fraction))
+    return write_datalist(out / "datalist.json", _split(entries, val_fraction))

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, UsageError
 
 REGIONS = ("HN", "TH", "AB")
 __all__ = ["REGIONS", "paired_datalist", "synthrad_datalist"]
@@ -36,11 +36,11 @@ def synthrad_datalist(
     folders), ``mask`` where present (the checks fall back to a body mask otherwise),
     ``case`` and ``region``.
     """
-    root = Path(root)
+    root = Path(root).resolve()  # absolute: the entries must not depend on the working directory
     if (root / "Task1").is_dir() and source == "mr":
         root = root / "Task1"
     if not root.is_dir():
-        raise LdmonaiError("SynthRAD folder not found", root, "pass the Task1 folder that holds HN/, TH/ or AB/")
+        raise UsageError("SynthRAD folder not found", root, "pass the Task1 folder that holds HN/, TH/ or AB/")
     splits: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
     found = False
     for region in regions:

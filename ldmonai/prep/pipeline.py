@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ldmonai.errors import LdmonaiError, first_line
+from ldmonai.errors import LdmonaiError, UsageError, first_line
 from ldmonai.io.atomic import atomic_write_csv, atomic_write_json, remove_stale_temps
 from ldmonai.io.names import IMAGE_SUFFIXES, image_stem
 from ldmonai.prep.dicom.naming import sanitize_component
@@ -53,7 +53,7 @@ def load_config(source) -> dict:
         path = Path(source)
         where = str(path)
         if not path.is_file():
-            raise LdmonaiError("pipeline config not found", path, "pass a YAML or JSON file, e.g. configs/prep/brain_t1.yaml")
+            raise UsageError("pipeline config not found", path, "pass a YAML or JSON file, e.g. configs/prep/brain_t1.yaml")
         try:
             if path.suffix.lower() == ".json":
                 config = json.loads(path.read_text())
@@ -62,14 +62,19 @@ def load_config(source) -> dict:
 
                 config = yaml.safe_load(path.read_text())
         except Exception as err:  # noqa: BLE001 - any parse error is the user's file
-            raise LdmonaiError(f"cannot parse pipeline config ({first_line(err)[:200]})", path,
+            raise UsageError(f"cannot parse pipeline config ({first_line(err)[:200]})", path,
                                "fix the YAML/JSON syntax") from None
         config = {"name": path.stem, **config} if isinstance(config, dict) else config
     if not isinstance(config, dict) or not isinstance(config.get("steps"), list) or not config["steps"]:
-        raise LdmonaiError("pipeline config needs a non-empty 'steps' list", where,
+        raise UsageError("pipeline config needs a non-empty 'steps' list", where,
                            "write 'steps:' followed by entries such as '- step: n4'")
     for entry in config["steps"]:
-        build_step(entry, where)  # every mistake in the file is reported before any case runs
+        try:
+            build_step(entry, where)  # every mistake in the file is reported before any case runs
+        except UsageError:
+            raise
+        except LdmonaiError as err:  # a mistake in the config is a bad argument: exit status 2
+            raise UsageError(err.message, err.path, err.fix) from None
     return config
 
 
@@ -110,7 +115,7 @@ def find_cases(source: str | os.PathLike) -> list[dict]:
         if not files:
             raise LdmonaiError("folder holds no images", source, f"put images ({', '.join(IMAGE_SUFFIXES)}) in it")
         return [{"image": str(p)} for p in files]
-    raise LdmonaiError("input not found", source, "pass an image, a folder of images or a datalist JSON")
+    raise UsageError("input not found", source, "pass an image, a folder of images or a datalist JSON")
 
 
 def case_ids(entries: list[dict]) -> list[str]:

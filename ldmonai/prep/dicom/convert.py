@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, UsageError
 from ldmonai.io.atomic import atomic_path, atomic_write_json, remove_stale_temps
 from ldmonai.prep.dicom.header import read_header
 from ldmonai.prep.dicom.naming import DEFAULT_TEMPLATE, inside, render_name, template_fields
@@ -71,7 +71,7 @@ def list_files(in_dir: str | os.PathLike) -> list[str]:
     """Every regular file below ``in_dir`` (any suffix), sorted for reproducible grouping."""
     root = Path(in_dir)
     if not root.exists():
-        raise LdmonaiError("input folder does not exist", root, "check the path")
+        raise UsageError("input folder does not exist", root, "check the path")
     if root.is_file():
         return [str(root)]
     out = []

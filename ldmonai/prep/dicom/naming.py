@@ -13,7 +13,7 @@ import re
 import string
 from pathlib import Path
 
-from ldmonai.errors import LdmonaiError
+from ldmonai.errors import LdmonaiError, UsageError
 
 DEFAULT_TEMPLATE = "{PatientID}/{SeriesNumber}_{SeriesDescription}"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -31,23 +31,23 @@ def sanitize_component(text) -> str:
 def template_fields(template: str) -> list[str]:
     """Field names of ``template``; raises :class:`LdmonaiError` for an unusable template."""
     if not template or template.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", template):
-        raise LdmonaiError(f"name template {template!r} must be a relative path",
+        raise UsageError(f"name template {template!r} must be a relative path",
                            fix="use fields like {PatientID}/{SeriesNumber}_{SeriesDescription}")
     fields = []
     try:
         for part in template.split("/"):
             if part in ("", ".", ".."):
-                raise LdmonaiError(f"name template {template!r} has an empty, '.' or '..' component",
+                raise UsageError(f"name template {template!r} has an empty, '.' or '..' component",
                                    fix="use fields like {PatientID}/{SeriesNumber}_{SeriesDescription}")
             for _, name, spec, conv in string.Formatter().parse(part):
                 if name is None:
                     continue
                 if not name.isidentifier() or spec or conv:
-                    raise LdmonaiError(f"name template field {{{name}}} must be a plain DICOM keyword",
+                    raise UsageError(f"name template field {{{name}}} must be a plain DICOM keyword",
                                        fix="write fields as {Keyword}, without format specs")
                 fields.append(name)
     except ValueError as exc:
-        raise LdmonaiError(f"name template {template!r} is malformed ({exc})",
+        raise UsageError(f"name template {template!r} is malformed ({exc})",
                            fix="balance the braces, e.g. {PatientID}/{SeriesNumber}") from None
     return fields
 

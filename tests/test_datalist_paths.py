@@ -1,0 +1,67 @@
+"""One path convention for every datalist the project writes: relative to the datalist's folder.
+
+The demo broke on a relative --out-dir because two writers stored paths relative to the working
+directory while every reader resolves them against the datalist's folder
+(``demo_out/gdm/data/demo_out/gdm/data/...``). These tests write from one working directory and
+read from another, as a user who cds elsewhere would.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ldmonai.data import load_datalist, make_brain_slices, make_mr_ct_phantoms, synthrad_datalist, write_datalist
+from ldmonai.data.synthrad import paired_datalist
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """Work in tmp_path/work; return a function that moves to tmp_path/other."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    return lambda: os.chdir(tmp_path / "other")
+
+
+def test_write_datalist_rewrites_absolute_and_cwd_relative_paths(tmp_path, elsewhere):
+    Path("data/images").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Path("data/images", name).write_bytes(b"x")
+    path = write_datalist("data/datalist.json", {
+        "name": "kept", "labels": {"0": "background"},
+        "training": [{"image": "data/images/a.png", "prompt": "kept as it is"}],          # cwd-relative
+        "validation": [{"image": str(Path("data/images/b.png").resolve()), "age": 70}],  # absolute
+    })
+    raw = json.loads(path.read_text())
+    assert raw["training"][0] == {"image": "images/a.png", "prompt": "kept as it is"}
+    assert raw["validation"][0] == {"image": "images/b.png", "age": 70}
+    assert raw["name"] == "kept" and raw["labels"] == {"0": "background"}
+    datalist = path.resolve()
+    elsewhere()
+    assert load_datalist(datalist, "training", keys=("image",))[0]["image"] == str(datalist.parent / "images/a.png")
+
+
+def test_slice_sets_read_back_from_another_working_directory(tmp_path, elsewhere):
+    path = make_brain_slices("rel/brain", num_slices=4, size=16, seed=0)
+    entries = json.loads(path.read_text())["training"]
+    assert all(not Path(e["image"]).is_absolute() and e["image"].startswith("images/") for e in entries)
+    datalist = path.resolve()
+    elsewhere()
+    for entry in load_datalist(datalist, "training", keys=("image",)):
+        assert Path(entry["image"]).is_file()
+
+
+@pytest.mark.slow
+def test_synthrad_datalist_from_a_relative_root_reads_back_anywhere(tmp_path, elsewhere):
+    """The doubled path of the newcomer's report: the SynthRAD datalist written under a relative
+    output folder, then read by a bundle run whose working directory is elsewhere."""
+    make_mr_ct_phantoms("out/gdm/data", num_cases=3, size=16, seed=0)
+    path = write_datalist("out/gdm/data/datalist.json", synthrad_datalist("out/gdm/data", val_fraction=0.34))
+    assert json.loads(path.read_text())["training"][0]["image"] == "Task1/HN/HPH000/mr.mha"
+    datalist = path.resolve()
+    elsewhere()
+    cases = paired_datalist(datalist, "validation")
+    assert [Path(c["image"]) for c in cases] == [datalist.parent / "Task1/HN/HPH002/mr.mha"]
+    assert all(Path(c[k]).is_file() for c in cases for k in ("image", "label", "mask"))
