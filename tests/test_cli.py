@@ -205,7 +205,7 @@ def test_data_slice_sets_for_ld(tmp_path, capsys):
     assert entry["prompt"].startswith("age this ") and entry["target_age"] > entry["age"]
 
 
-def test_a_bundle_without_trained_weights_points_at_its_demo_weights():
+def test_a_bundle_without_trained_weights_falls_back_to_its_demo_weights(tmp_path, capsys):
     from ldmonai.demo import BUNDLES
     from ldmonai.engines import require_checkpoint
     from ldmonai.errors import LdmonaiError
@@ -213,9 +213,16 @@ def test_a_bundle_without_trained_weights_points_at_its_demo_weights():
     for bundle in ("ldseg", "gdm", "ld_slice_generator"):
         missing = BUNDLES / bundle / "models" / "model.pt"
         assert not missing.exists(), f"{missing} must not be committed: model.pt is what a user trains"
-        with pytest.raises(LdmonaiError, match="no trained weights") as err:
-            require_checkpoint(missing)
-        assert f"--ckpt_path {missing.with_name('demo_tiny.pt')}" in str(err.value)
+        assert require_checkpoint(missing) == str(missing.with_name("demo_tiny.pt"))
+        notice = capsys.readouterr().err
+        assert notice.count("\n") == 1 and "using the shipped tiny demo weights" in notice and "--ckpt_path" in notice
+    # a working --bundle_root of the user's own: the bundle's shipped weights, with the same notice
+    assert require_checkpoint(tmp_path / "models" / "model.pt", "gdm") == str(BUNDLES / "gdm" / "models" / "demo_tiny.pt")
+    assert "using the shipped tiny demo weights" in capsys.readouterr().err
+    with pytest.raises(LdmonaiError, match="no trained weights"):  # an explicit file that is missing never falls back
+        require_checkpoint(tmp_path / "trained.pt", "gdm")
+    with pytest.raises(LdmonaiError, match="no trained weights"):  # nowhere to fall back to
+        require_checkpoint(tmp_path / "models" / "model.pt")
 
 
 def test_converting_never_imports_torch(tmp_path):

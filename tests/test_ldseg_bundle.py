@@ -133,7 +133,7 @@ def test_bad_datalist_is_one_clear_line(trained_2d, tmp_path):
     proc = bundle(["inference.json"], "--bundle_root", tmp_path, "--input", data, check=False)
     assert "ldmonai: error:" in proc.stderr and "folder holds no images" in proc.stderr, proc.stderr[-2000:]
     proc = bundle(["inference.json"], "--bundle_root", tmp_path, "--input", root / "data" / "imagesTr",
-                  "--output_dir", tmp_path / "out", check=False)
+                  "--output_dir", tmp_path / "out", "--ckpt_path", tmp_path / "trained.pt", check=False)
     assert "ldmonai: error:" in proc.stderr and "no trained weights" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 

@@ -64,17 +64,35 @@ def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def require_checkpoint(path: str | os.PathLike) -> str:
-    """``path`` if it exists, else a clear error saying how to produce the weights."""
+def require_checkpoint(path: str | os.PathLike, bundle: str | None = None) -> str:
+    """``path`` if it exists; else the shipped ``demo_tiny.pt`` (beside ``path``, or that of
+    ``bundles/<bundle>/models/`` when ``path`` is the configs' default ``<bundle_root>/models/model.pt``),
+    with a one-line notice on stderr; else a clear error saying how
+    to produce the weights.
+
+    The fallback lets a newcomer run a bundle's inference straight after cloning, as the README
+    writes it, with ``--bundle_root`` a working folder of their own. The notice names the file
+    used, so trained weights that are simply missing are never mistaken for the demo's: pass
+    ``--ckpt_path`` to use any other file.
+    """
+    import sys
+
     from ldmonai.errors import LdmonaiError
 
-    if not Path(path).is_file():
-        fix = "run the bundle's train config first, or pass --ckpt_path to a weights file"
-        demo = Path(path).with_name("demo_tiny.pt")
-        if demo.is_file():
-            fix += f" (the tiny demo weights that ship with the bundle: --ckpt_path {demo})"
-        raise LdmonaiError("no trained weights here", path, fix)
-    return str(path)
+    if Path(path).is_file():
+        return str(path)
+    demo = Path(path).with_name("demo_tiny.pt")
+    default = Path(path).name == "model.pt" and Path(path).parent.name == "models"  # the configs' own default
+    if not demo.is_file() and bundle is not None and default:
+        from ldmonai.demo import BUNDLES
+
+        demo = BUNDLES / bundle / "models" / "demo_tiny.pt"
+    if demo.is_file():
+        print(f"ldmonai: note: {path} not found; using the shipped tiny demo weights {demo} "
+              "(train the bundle, or pass --ckpt_path, to use others)", file=sys.stderr, flush=True)
+        return str(demo)
+    raise LdmonaiError("no trained weights here", path,
+                       "run the bundle's train config first, or pass --ckpt_path to a weights file")
 
 
 def _epoch_checkpoints(save_dir: str | os.PathLike) -> list[Path]:
