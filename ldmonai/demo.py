@@ -282,6 +282,7 @@ def ld_demo(out: Path, train: bool = False, export: bool = False) -> int:
     best = json.loads((search / "delta_search.json").read_text())["best_delta"]
     status = fam.run([(f"generating slices at delta {d:+.3f}{note}",
                        ["--config_file", fam.config("inference.json"), "--output_dir", fam.root / folder,
+                        "--dataset_dir", brain.parent,
                         "--delta", d, "--num_inference_steps", LD_STEPS, "--num_per_prompt", 8,
                         "--prompts", "['a brain mri of a brain']"])
                      for d, note, folder in ((0.0, " (no drift)", "generated_delta0"), (best, " (the delta found)", "generated"))])

@@ -65,3 +65,32 @@ def test_synthrad_datalist_from_a_relative_root_reads_back_anywhere(tmp_path, el
     cases = paired_datalist(datalist, "validation")
     assert [Path(c["image"]) for c in cases] == [datalist.parent / "Task1/HN/HPH002/mr.mha"]
     assert all(Path(c[k]).is_file() for c in cases for k in ("image", "label", "mask"))
+
+
+def test_generated_slices_carry_the_template_geometry(tmp_path):
+    """LD's NIfTI slices are written with the MNI152 template's in-plane geometry: each voxel of a
+    template slice saved through the generator's writer maps, through its affine, back onto the very
+    template voxel it came from (the display flip and the NIfTI transpose undone exactly)."""
+    import nibabel as nib
+    import numpy as np
+
+    from ldmonai.data.mni_tissue import template_grid
+    from ldmonai.data.slice_sets import template_slice_affine
+    from ldmonai.ld.pipeline import _save_slice_nifti, datalist_slice_affine
+
+    size = 24
+    volume, _, grid = template_grid((size,) * 3)
+    volume = volume[0].numpy()
+    shown = np.rot90(volume[:, :, size // 2])  # as make_brain_slices shows a slice: anterior up
+    _save_slice_nifti(tmp_path / "slice.nii.gz", shown, template_slice_affine(size))
+    img = nib.load(tmp_path / "slice.nii.gz")
+    data = np.asarray(img.dataobj).reshape(size, size)  # a 2D NIfTI: (x, y)
+    ijk = np.stack(np.meshgrid(np.arange(size), np.arange(size), [0], indexing="ij"), -1).reshape(-1, 3)
+    world = nib.affines.apply_affine(img.affine, ijk)
+    back = np.rint(nib.affines.apply_affine(np.linalg.inv(grid), world)).astype(int)
+    assert (back[:, 2] == size // 2).all()
+    np.testing.assert_array_equal(data[ijk[:, 0], ijk[:, 1]], volume[back[:, 0], back[:, 1], back[:, 2]])
+    assert nib.aff2axcodes(img.affine) == ("R", "P", "S")  # rows of the shown slice run anterior to posterior
+    # the datalist of `ldmonai data brain-slices` carries that affine for the bundle's inference
+    path = make_brain_slices(tmp_path / "brain", num_slices=2, size=size)
+    np.testing.assert_allclose(datalist_slice_affine(path), template_slice_affine(size), atol=1e-5)

@@ -74,6 +74,23 @@ def _template_slices(num: int, size: int, seed: int, central_fraction: float, rn
         yield np.clip(np.rot90(affine(t1[:, :, :, z]).numpy()[0]), 0, 1)
 
 
+def template_slice_affine(size: int) -> np.ndarray:
+    """The 4x4 affine of a ``size``² slice from :func:`make_brain_slices`, as stored in NIfTI.
+
+    The slices are axial MNI152 slices over the brain's bounding box, shown anterior-up: slice
+    pixel ``(row i, column j)`` is template voxel ``(x=j, y=size-1-i)``. NIfTI stores the slice
+    transposed (voxel ``(j, i)``), so the affine is the template grid's, composed with that flip of
+    y and placed at the central axial position. A generated slice written with it overlays the
+    template in a viewer, in millimetres; a slice from a volume taken at another height keeps its
+    in-plane geometry and differs only in z.
+    """
+    from ldmonai.data.mni_tissue import template_grid
+
+    _, _, grid = template_grid((size, size, size))
+    flip = np.array([[1, 0, 0, 0], [0, -1, 0, size - 1], [0, 0, 1, size // 2], [0, 0, 0, 1]], dtype=np.float64)
+    return grid @ flip
+
+
 def make_natural_slices(out_dir: str | os.PathLike, num_images: int = 256, size: int = 32, seed: int = 0,
                         val_fraction: float = 0.1) -> Path:
     """Random square crops (10 to 100% of the shorter side) of the sample photos, grey, ``size``².
@@ -156,7 +173,10 @@ def make_brain_slices(out_dir: str | os.PathLike, num_slices: int = 64, size: in
         save_unit_png(path, _resize(img, size))
         entries.append({"image": str(path), "prompt": prompt})
     order = rng.permutation(len(entries))
-    return write_datalist(out / "datalist.json", _split([entries[k] for k in order], val_fraction))
+    data = _split([entries[k] for k in order], val_fraction)
+    # the geometry generated slices are written with (ldmonai.ld.pipeline.generate_slices)
+    data["slice_affine"] = template_slice_affine(size).round(6).tolist()
+    return write_datalist(out / "datalist.json", data)
 
 
 def simulate_atrophy(image: np.ndarray, years: float, rate: float = 0.015, width: float = 0.35) -> np.ndarray:

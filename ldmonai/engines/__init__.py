@@ -5,9 +5,11 @@ from ldmonai.engines.checkpoint import BestModelSaver, ResumableCheckpoint, late
 from ldmonai.engines.generation import FlowTrainStep, GeneratorTrainStep
 from ldmonai.engines.image_grid import SegmentationGridHandler
 from ldmonai.engines.segmentation import SegmenterTrainStep, loss_terms
+from ldmonai.engines.validation import FinalValidationHandler
 
 __all__ = [
     "BestModelSaver",
+    "FinalValidationHandler",
     "FlowTrainStep",
     "GeneratorTrainStep",
     "ResumableCheckpoint",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +22,7 @@ from ldmonai.ld.finetune import prepare_scheme
 from ldmonai.ld.model import LatentDiffusion
 from ldmonai.ld.prompts import PromptBuilder
 
-__all__ = ["datalist_entries", "default_vocabulary", "delta_grid_image", "edit_slices", "evaluate_generation",
+__all__ = ["datalist_entries", "datalist_slice_affine", "default_vocabulary", "delta_grid_image", "edit_slices", "evaluate_generation",
            "finetune_model", "generate_slices", "with_class_images", "instruct_pix2pix_model", "latent_scale", "load_model", "load_slices",
            "run_delta_search"]
 
@@ -154,14 +155,27 @@ def _slices(model: LatentDiffusion, prompts: Sequence[str], latent_size: Sequenc
                         guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed)).clamp(0, 1).cpu()
 
 
-def _save_slice_nifti(path: Path, image: np.ndarray) -> None:
-    """One ``(H, W)`` slice as NIfTI (x along W, identity affine: generated slices have no scanner space)."""
+def _save_slice_nifti(path: Path, image: np.ndarray, affine: np.ndarray | None = None) -> None:
+    """Write an ``(H, W)`` display-oriented slice (anterior up) as NIfTI, transposed to (x, y), with
+    ``affine`` (identity when the training data carried no geometry)."""
     import nibabel as nib
 
     from ldmonai.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(image.T.astype(np.float32), np.eye(4)), str(tmp))
+        nib.save(nib.Nifti1Image(image.T.astype(np.float32), np.eye(4) if affine is None else np.asarray(affine)), str(tmp))
+
+
+def datalist_slice_affine(datalist: str | os.PathLike) -> np.ndarray | None:
+    """The ``slice_affine`` a slice datalist carries (``ldmonai data brain-slices`` writes the MNI152
+    template's), or None, with a one-line note, when there is no datalist or no geometry in it."""
+    path = Path(datalist)
+    affine = json.loads(path.read_text()).get("slice_affine") if path.is_file() else None
+    if affine is None:
+        print(f"ldmonai: note: no 'slice_affine' in {path}; generated NIfTI slices get an identity affine "
+              "(1 mm pixels, no position)", file=sys.stderr, flush=True)
+        return None
+    return np.asarray(affine, dtype=np.float64)
 
 
 def _cycle(prompts: Sequence[str], n: int) -> list[str]:
@@ -170,8 +184,9 @@ def _cycle(prompts: Sequence[str], n: int) -> list[str]:
 
 def generate_slices(model: LatentDiffusion, prompts: Sequence[str], out_dir: str | os.PathLike, latent_size: Sequence[int],
                     num_per_prompt: int = 4, delta: float | Sequence[float] = 0.0, num_inference_steps: int = 50,
-                    guidance_scale: float = 1.0, seed: int = 0) -> list[Path]:
-    """Sample ``num_per_prompt`` slices per prompt; write ``<i>_<j>.png`` and ``.nii.gz`` and ``prompts.json``."""
+                    guidance_scale: float = 1.0, seed: int = 0, affine: np.ndarray | None = None) -> list[Path]:
+    """Sample ``num_per_prompt`` slices per prompt; write ``<i>_<j>.png`` and ``.nii.gz`` (with ``affine``,
+    the training slices' geometry, see :func:`datalist_slice_affine`) and ``prompts.json``."""
     from ldmonai.io.atomic import atomic_write_json
     from ldmonai.io.preview import grey, save_png
 
@@ -184,7 +199,7 @@ def generate_slices(model: LatentDiffusion, prompts: Sequence[str], out_dir: str
         for j, img in enumerate(images.numpy()):
             stem = out / f"{i:03d}_{j:02d}"
             save_png(stem.with_suffix(".png"), grey(img[0], percentiles=(0, 100)))
-            _save_slice_nifti(stem.with_suffix(".nii.gz"), img[0])
+            _save_slice_nifti(stem.with_suffix(".nii.gz"), img[0], affine)
             written.append(stem.with_suffix(".png"))
     atomic_write_json(out / "prompts.json", {"prompts": list(prompts), "delta": _as_json(delta),
                                              "steps": num_inference_steps, "guidance_scale": guidance_scale, "seed": seed})
