@@ -185,7 +185,8 @@ def _gdm_row(fig, out: Path) -> None:
     mask = _ras(folder / "mask.mha")[0] > 0 if (folder / "mask.mha").is_file() else np.ones(ct.shape, bool)
     sct = _resampled_like(sct_path, folder / "ct.mha")
     mae = float(np.abs(sct - ct)[mask].mean())
-    z = int(np.argmax(mask.sum(axis=(0, 1))))  # the axial slice with the most body
+    body_z = np.nonzero(mask.any(axis=(0, 1)))[0]
+    z = int(body_z[0] + 0.6 * (body_z[-1] - body_z[0]))  # through the brain, above the skull base
     lo, hi = _percentile_window(mr)
     _show(axes[0], _axial(mr, z), f"MR phantom {case}", vmin=lo, vmax=hi)
     _show(axes[1], _axial(sct, z), "GDM synthetic CT\n(one network call)", vmin=-1000, vmax=1500, colorbar="HU")

@@ -98,3 +98,26 @@ def test_inference_input_forms(tmp_path, tissue2d):
         find_images(tmp_path / "empty")
     with pytest.raises(LdmonaiError, match="input not found"):
         find_images(tmp_path / "nope")
+
+
+def test_the_bundles_load_step_names_the_file_and_the_fix(tmp_path):
+    """What MONAI Label runs on each request's image: one clear line for a missing id, a truncated
+    file, NaN voxels or the wrong dimensionality, never a reader's traceback."""
+    import nibabel as nib
+
+    from ldmonai.data import CheckedLoadImaged
+    from ldmonai.errors import LdmonaiError
+
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), good)
+    assert tuple(CheckedLoadImaged("image", spatial_dims=3)({"image": str(good)})["image"].shape) == (8, 8, 8)
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[:60])
+    nan = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)), nan)
+    cases = [(tmp_path / "missing.nii.gz", 3, "image not found"), (truncated, 3, "cannot be read"),
+             (nan, 3, "NaN"), (good, 2, "pass --spatial_dims 3")]
+    for path, dims, words in cases:
+        with pytest.raises(LdmonaiError) as err:
+            CheckedLoadImaged("image", spatial_dims=dims)({"image": str(path)})
+        assert words in str(err.value) and path.name in str(err.value) and "\n" not in str(err.value), str(err.value)

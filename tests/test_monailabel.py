@@ -118,6 +118,8 @@ def server(tmp_path_factory):
         "case_b": oblique_volume(studies / "case_b.nii.gz", (32, 32, 32), 2),
         "head_c": oblique_head(studies / "head_c.nii.gz", root / "phantom"),
     }
+    # a truncated download: MONAI Label lists it like any study
+    (studies / "broken_d.nii.gz").write_bytes((studies / "case_a.nii.gz").read_bytes()[:200])
     port = free_port()
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
@@ -194,9 +196,26 @@ def test_gdm_returns_hu_volume_on_input_grid(server, case, tmp_path):
     sct = nib.load(out)
     assert sct.shape == nib.load(server["studies"] / f"{case}.nii.gz").shape
     np.testing.assert_allclose(sct.affine, server["affines"][case], atol=1e-4)
+    assert sct.get_data_dtype() == np.int16  # as the bundle's own SaveImaged writes it
     values = np.asarray(sct.dataobj, dtype=np.float32)
     assert np.isfinite(values).all() and values.min() >= -1024 and values.max() <= 3071, (values.min(), values.max())
     if case == "head_c":  # air around the head: the generator's output is replaced by -1024 HU there
         assert values[0, 0, 0] == -1024 and values[-1, -1, -1] == -1024
     # The bundle folder stays clean: previews are a bundle-run extra, not a server side effect.
     assert not list((server["app"] / "model" / "gdm_mri2ct").rglob("*.png"))
+
+
+@pytest.mark.parametrize("image, words", [("broken_d", "broken_d.nii.gz: image cannot be read"),
+                                          ("no_such_id", "image not found")])
+def test_a_bad_image_is_named_in_the_server_log(server, image, words):
+    """MONAI Label 0.8.5 registers no exception handler, so any failure in a request is HTTP 500
+    "Internal Server Error" for the client (docs/bundles.md says so). The bundle's first
+    preprocessing step makes the server log name the image and the fix, in one line."""
+    log = server["root"] / "server.log"
+    before = log.stat().st_size
+    r = requests.post(f"{server['url']}/infer/ldseg_3d", params={"image": image, "output": "image"},
+                      data={"params": "{}"}, timeout=600)
+    assert r.status_code == 500
+    text = log.read_text()[before:]
+    lines = [line for line in text.splitlines() if "LdmonaiError" in line]
+    assert lines and words in lines[-1] and "fix:" in lines[-1], text[-3000:]

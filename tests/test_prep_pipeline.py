@@ -252,7 +252,7 @@ def test_cli_prep_commands(small_mni, tmp_path, capsys):
     assert "1 cases done" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps:\n  - step: blur\n")
-    assert main(["prep", "run", str(bad), str(src), str(tmp_path / "x")]) == 1
+    assert main(["prep", "run", str(bad), str(src), str(tmp_path / "x")]) == 2  # a bad config is a bad argument
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown step 'blur'" in err[0]
     with pytest.raises(SystemExit) as exit_info:

@@ -43,13 +43,8 @@ def find_images(source: str | os.PathLike, split: str = "test", key: str = "imag
     raise UsageError("input not found", source, "pass an image file, a folder of images or a datalist JSON")
 
 
-def _problem(path: str, spatial_dims: int | None) -> str | None:
-    from monai.transforms import LoadImage
-
-    try:
-        array = np.asarray(LoadImage(image_only=True)(path))
-    except Exception as err:  # noqa: BLE001 - any reader failure makes the case unusable
-        return f"cannot be read ({type(err).__name__}: {first_line(err)[:200]})"
+def _array_problem(array: np.ndarray, spatial_dims: int | None) -> str | None:
+    """What makes a loaded image unusable for a ``spatial_dims`` model, or None."""
     if array.size == 0:
         return "is empty"
     if not np.isfinite(array).all():
@@ -58,6 +53,66 @@ def _problem(path: str, spatial_dims: int | None) -> str | None:
     if spatial_dims is not None and dims != spatial_dims and not (spatial_dims == 2 and dims == 3 and array.shape[-1] in (3, 4)):
         return f"is {dims}D but the model is {spatial_dims}D"
     return None
+
+
+def _problem(path: str, spatial_dims: int | None) -> str | None:
+    from monai.transforms import LoadImage
+
+    try:
+        array = np.asarray(LoadImage(image_only=True)(path))
+    except Exception as err:  # noqa: BLE001 - any reader failure makes the case unusable
+        return f"cannot be read ({type(err).__name__}: {first_line(err)[:200]})"
+    return _array_problem(array, spatial_dims)
+
+
+def _fix(problem: str) -> str:
+    if "model is" in problem:
+        dims = problem.split("is ", 1)[1][0]
+        return (f"pass --spatial_dims {dims} to the bundle run (for MONAI Label, pack the bundle with "
+                f"--set spatial_dims={dims}), or give {problem[-2]}D images")
+    if "NaN" in problem:
+        return "replace the NaN voxels (for example with the background value) and run again"
+    return "check that the file is a complete NIfTI, MHA or NRRD image (re-export or re-convert it)"
+
+
+class CheckedLoadImaged:
+    """``LoadImaged`` whose failures name the file and the fix: the first step of the bundles'
+    ``preprocessing``, which MONAI Label runs on the image of each request.
+
+    A missing path, an unreadable or truncated file, NaN voxels and an image of the wrong
+    dimensionality for the model raise :class:`LdmonaiError` (one line, with the path) instead of
+    a reader's traceback. MONAI Label 0.8.5 answers any error in a request with HTTP 500; this line
+    is what its server log then shows.
+
+    Args:
+        keys: image keys to load.
+        spatial_dims: the model's dimensionality (2 or 3), checked after loading; None skips the check.
+    """
+
+    def __init__(self, keys: str | Sequence[str] = "image", spatial_dims: int | None = None) -> None:
+        from monai.transforms import LoadImaged
+
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.spatial_dims = spatial_dims
+        self.load = LoadImaged(self.keys, image_only=True)
+
+    def __call__(self, data: dict) -> dict:
+        for key in self.keys:
+            path = data.get(key)
+            if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
+                raise LdmonaiError(f"{key} not found", path or "''", "check the path (for MONAI Label: the image id)")
+        try:
+            out = self.load(data)
+        except Exception as err:  # noqa: BLE001 - whatever the reader says, the user needs the file and a fix
+            problem = f"cannot be read ({type(err).__name__}: {first_line(err)[:200]})"
+            raise LdmonaiError(f"{'/'.join(self.keys)} {problem}", ", ".join(str(data.get(k)) for k in self.keys),
+                               _fix(problem)) from None
+        for key in self.keys:
+            problem = _array_problem(np.asarray(out[key]), self.spatial_dims)
+            if problem:
+                raise LdmonaiError(f"{key} {problem}", data.get(key) if isinstance(data.get(key), str) else None,
+                                   _fix(problem))
+        return out
 
 
 def inference_cases(

@@ -40,10 +40,11 @@ def default_vocabulary() -> list[str]:
 
 
 def datalist_entries(datalist: str | os.PathLike, split: str = "training") -> list[dict]:
-    """Entries of ``split`` with an existing ``image`` and a text ``prompt`` each, or one clear error."""
+    """Entries of ``split`` with an existing ``image`` and a text ``prompt`` each, or one clear error.
+    A ``source`` image (InstructPix2Pix pairs) is resolved and checked like ``image``."""
     from ldmonai.data.datalist import load_datalist
 
-    entries = load_datalist(datalist, split, keys=("image",))
+    entries = load_datalist(datalist, split, keys=("image",), optional_keys=("source",))
     for i, e in enumerate(entries):
         if not isinstance(e.get("prompt"), str) or not e["prompt"].strip():
             raise LdmonaiError(f"{split}[{i}] has no text 'prompt'", datalist, 'give every slice a "prompt" string')
