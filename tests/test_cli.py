@@ -103,8 +103,7 @@ def test_demo_runs_every_stage_from_a_relative_out_dir(tmp_path):
     assert json.loads((ld / "generated_delta0" / "prompts.json").read_text())["delta"] == 0
     assert len(list((ld / "generated").glob("*.nii.gz"))) == 8
     assert (demo / "overview.png").is_file()
-    again = run("demo", "--out-dir", "demo", cwd=tmp_path)  # resumes: nothing to redo
-    assert again.returncode == 0 and "0 series converted" in again.stdout and "1 already done" in again.stdout
+    # resume: a second run skips what is done (tested per stage: convert, prep run, bundle inference)
 
 
 @pytest.mark.parametrize("bundle", ["ldseg", "gdm", "ld_slice_generator"])

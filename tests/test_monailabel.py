@@ -216,6 +216,12 @@ def test_a_bad_image_is_named_in_the_server_log(server, image, words):
     r = requests.post(f"{server['url']}/infer/ldseg_3d", params={"image": image, "output": "image"},
                       data={"params": "{}"}, timeout=600)
     assert r.status_code == 500
-    text = log.read_text()[before:]
-    lines = [line for line in text.splitlines() if "LdmonaiError" in line]
+    # Starlette sends the 500 first and has the error logged after it: wait for the line
+    deadline = time.time() + 30
+    while True:
+        text = log.read_text()[before:]
+        lines = [line for line in text.splitlines() if line.startswith("ldmonai.errors.LdmonaiError:")]
+        if lines or time.time() > deadline:
+            break
+        time.sleep(0.5)
     assert lines and words in lines[-1] and "fix:" in lines[-1], text[-3000:]

@@ -1,25 +1,27 @@
 """Latent Drifting (Yeganeh et al., CVPR 2025): a signed shift δ of the diffusion prior and of every reverse mean.
 
-The drift is one small wrapper around a scheduler, so that training loops, samplers and
-MONAI's inferers stay unchanged: they call ``add_noise`` and ``step`` as always.
+The drift is one small wrapper around a scheduler, so that training loops, samplers and MONAI's
+inferers stay unchanged: they call ``add_noise``, ``step`` and ``model_input`` as always. The
+derivation, line by line against this code, is in ``docs/ld.md`` ("The latent drift, derived").
 
-Forward process (fine-tuning with LD). δ enters as a mean of the noise, ε + δ:
+LD runs the wrapped scheduler S in coordinates centred at δ, y = z − δ:
 
-    z_t = sqrt(abar_t) * z_0 + sqrt(1 - abar_t) * (ε + δ),    ε ~ N(0, I)
+    forward    z_t = δ + S.add_noise(z_0 − δ, ε, t)
+                   = sqrt(abar_t) z_0 + (1 − sqrt(abar_t)) δ + sqrt(1 − abar_t) ε        (add_noise)
+    prior      z_T = δ + ε,  ε ~ N(0, I),  i.e. q(z_T) ≈ N(δ, I)                          (prior)
+    network    ε_θ(z_t − δ, t), trained to predict ε                                         (model_input)
+    reverse    z_{t−1} = S.step(ε_θ, t, z_t − δ) + δ,
+               i.e. p(z_{t−1} | z_t) = N(μ_θ(z_t − δ, t) + δ, Σ_t)                           (step)
 
-so every noised latent carries the shift in proportion to its noise level, z_0 is untouched,
-and the forward target is z_T ~ N(sqrt(1 - abar_T) δ, (1 - abar_T) I) ≈ N(δ, I). The
-network's regression target is still computed from ε (the zero-mean part): the model learns
-to remove the drifted noise without being told δ.
+where μ_θ and Σ_t are S's own reverse mean and variance (DDPM, DDIM). Two consequences, which
+``tests/test_ld_latent_drift.py`` checks against closed forms:
 
-Reverse process (sampling, with or without LD fine-tuning). The start is z_T = ε + δ, and
-each step of the wrapped scheduler S gets δ on its mean:
+- a model fine-tuned with δ and sampled with the same δ reproduces its training distribution
+  (the chain in y is S's chain on the data shifted by −δ, and the last +δ undoes the shift), for
+  any S and any number of steps;
+- a model that never saw δ, sampled with δ, gives its own distribution translated by δ.
 
-    z_{t-1} = S(ε_θ(z_t, t), t, z_t) + δ,    i.e.  p(z_{t-1} | z_t) = N(μ_θ(z_t, t) + δ, Σ_t)
-
-where S already adds its own Σ_t noise (DDPM, DDIM with eta > 0). With a model that was not
-fine-tuned with LD, δ is a conditioning knob at inference alone. δ is a scalar or one value
-per latent channel; δ = 0 gives the wrapped scheduler's result exactly.
+δ is a scalar or one value per latent channel; δ = 0 gives the wrapped scheduler bit for bit.
 """
 
 from __future__ import annotations
@@ -106,26 +108,38 @@ class LatentDriftScheduler:
 
     def prior(self, shape: Sequence[int], generator: torch.Generator | None = None, device=None,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """z_T ~ N(δ, I) of ``shape``."""
+        """z_T = ε + δ ~ N(δ, I) of ``shape``."""
         noise = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-        return noise + self.shift_like(noise)
+        return noise if self.is_null else noise + self.shift_like(noise)
+
+    def model_input(self, sample: torch.Tensor) -> torch.Tensor:
+        """What the network sees: the sample in the centred coordinates, z − δ."""
+        return sample if self.is_null else sample - self.shift_like(sample)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) (ε + δ); ``noise`` is ε (zero mean)."""
-        return self.scheduler.add_noise(original_samples, noise + self.shift_like(noise), timesteps)
+        """z_t = δ + S.add_noise(z_0 − δ, ε, t); ``noise`` is ε (zero mean), the network's target."""
+        if self.is_null:
+            return self.scheduler.add_noise(original_samples, noise, timesteps)
+        shift = self.shift_like(original_samples)
+        return self.scheduler.add_noise(original_samples - shift, noise, timesteps) + shift
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        """The wrapped step, with δ added to the previous sample (the reverse mean)."""
-        out = self.scheduler.step(model_output, timestep, sample, *args, **kwargs)
+        """z_{t−1} = S.step(ε_θ, t, z_t − δ) + δ; the x0 estimate gets +δ too."""
         if self.is_null:
-            return out
+            return self.scheduler.step(model_output, timestep, sample, *args, **kwargs)
+        shift = self.shift_like(sample)
+        out = self.scheduler.step(model_output, timestep, sample - shift, *args, **kwargs)
         if isinstance(out, tuple):  # MONAI (prev, x0) or diffusers return_dict=False
-            prev = out[0]
-            return (prev + self.shift_like(prev), *out[1:])
-        prev = out.prev_sample  # diffusers SchedulerOutput
-        out.prev_sample = prev + self.shift_like(prev)
+            return tuple(o + shift if isinstance(o, torch.Tensor) else o for o in out)
+        out.prev_sample = out.prev_sample + shift  # diffusers SchedulerOutput
+        if getattr(out, "pred_original_sample", None) is not None:
+            out.pred_original_sample = out.pred_original_sample + shift
         return out
 
     def reversed_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> Any:
-        """DDIM inversion of one drifted step: remove δ, then the wrapped ``reversed_step``."""
-        return self.scheduler.reversed_step(model_output, timestep, sample - self.shift_like(sample))
+        """DDIM inversion of one drifted step: S.reversed_step on z − δ, then +δ."""
+        if self.is_null:
+            return self.scheduler.reversed_step(model_output, timestep, sample)
+        shift = self.shift_like(sample)
+        out = self.scheduler.reversed_step(model_output, timestep, sample - shift)
+        return tuple(o + shift if isinstance(o, torch.Tensor) else o for o in out)

@@ -68,6 +68,7 @@ def denoise(
         ``(B, C, *S)`` the final sample.
     """
     rflow = isinstance(scheduler, RFlowScheduler)
+    centre = getattr(scheduler, "model_input", None)  # a latent drift's network coordinates, z − δ
     if rflow:
         scheduler.set_timesteps(num_inference_steps, device=sample.device, input_img_size_numel=int(sample[0, 0].numel()))
     else:
@@ -78,8 +79,12 @@ def denoise(
     for t, t_next in tqdm(list(zip(steps, following)), desc="sampling", leave=False, disable=not progress):
         t_batch = torch.full((sample.shape[0],), t, device=sample.device, dtype=torch.long)
         if guide is not None:
-            sample = guide(sample, t_batch)
-        output = model_fn(sample, t_batch)
+            if centre is None:
+                sample = guide(sample, t_batch)
+            else:  # the guide steers in the network's coordinates; its correction carries over
+                centred = centre(sample)
+                sample = sample + (guide(centred, t_batch) - centred)
+        output = model_fn(sample if centre is None else centre(sample), t_batch)
         if rflow:
             sample, _ = scheduler.step(output, t, sample, t_next)
         else:
@@ -112,15 +117,17 @@ def invert(
     """
     scheduler.set_timesteps(num_inference_steps, device=sample.device)
     ratio = scheduler.num_train_timesteps // scheduler.num_inference_steps
+    centre = getattr(scheduler, "model_input", lambda x: x)  # a latent drift's network coordinates, z − δ
     for t in tqdm([int(t) for t in reversed(scheduler.timesteps)], desc="inverting", leave=False, disable=not progress):
         t_batch = torch.full((sample.shape[0],), t, device=sample.device, dtype=torch.long)
-        eps = model_fn(sample, t_batch)
+        eps = model_fn(centre(sample), t_batch)
         if t - ratio >= 0:
             sample, _ = scheduler.reversed_step(eps, t - ratio, sample)
         else:
             # the last DDIM step ends at alpha = 1 (no noise), which reversed_step cannot index;
             # a zero-noise step back to t is the forward process with ε_θ as the noise
-            x0 = sample - (scheduler.shift_like(sample) if hasattr(scheduler, "shift_like") else 0)
+            # (in the centred coordinates of a latent drift: z_t = δ + S.add_noise(z_0 − δ, ε_θ, t))
+            x0 = centre(sample)
             abar = scheduler.alphas_cumprod.to(sample.device)[t]
-            sample = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+            sample = abar.sqrt() * x0 + (1 - abar).sqrt() * eps + (sample - x0)
     return sample

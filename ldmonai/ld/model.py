@@ -114,7 +114,7 @@ class LatentDiffusion(nn.Module):
     def denoising_loss(self, latents: torch.Tensor, prompts: Sequence[str], delta: float | Sequence[float] = 0.0,
                        generator: torch.Generator | None = None, reduction: str = "mean",
                        sources: torch.Tensor | None = None) -> torch.Tensor:
-        """MSE between ε and ε_θ(z_t, t, text) with z_t from the drifted forward process.
+        """MSE between ε and ε_θ(z_t − δ, t, text) with z_t from the drifted forward process (docs/ld.md).
 
         ``reduction="none"`` gives one loss per item, for losses that weight items (DreamBooth).
         ``sources``: ``(B, C_z, h, w)`` source latents, for image-to-image models.
@@ -124,7 +124,7 @@ class LatentDiffusion(nn.Module):
         t = torch.randint(0, sched.num_train_timesteps, (latents.shape[0],), generator=generator).to(latents.device)
         noisy = sched.add_noise(latents, noise, t)
         prompts, sources = self.drop_conditions(list(prompts), sources, generator)
-        pred = self.predict_noise(noisy, t, self.text_encoder(prompts), sources)
+        pred = self.predict_noise(sched.model_input(noisy), t, self.text_encoder(prompts), sources)
         loss = F.mse_loss(pred, noise, reduction="none").flatten(1).mean(1)
         return loss.mean() if reduction == "mean" else loss
 
