@@ -71,9 +71,12 @@ def _percentile_window(image: np.ndarray) -> tuple[float, float]:
     return (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0.0, 1.0)
 
 
-def _missing(ax, what: str) -> None:
-    ax.text(0.5, 0.5, f"no output:\n{what}", ha="center", va="center", fontsize=8, color="darkred")
-    ax.set_axis_off()
+def _missing(axes, what: str) -> None:
+    """A row whose stage left no output: says which, in its first panel, and blanks the others."""
+    axes = np.atleast_1d(axes)
+    axes[0].text(0.5, 0.5, f"no output:\n{what}", ha="center", va="center", fontsize=8, color="darkred")
+    for ax in axes:
+        ax.set_axis_off()
 
 
 def _dicom_row(fig, out: Path) -> None:
@@ -81,7 +84,7 @@ def _dicom_row(fig, out: Path) -> None:
     axes = fig.subplots(1, max(1, len(series)))
     axes = np.atleast_1d(axes)
     if not series:
-        _missing(axes[0], "demo_out/nifti/*/*.nii.gz")
+        _missing(axes, "demo_out/nifti/*/*.nii.gz")
         return
     import nibabel as nib
 
@@ -100,9 +103,7 @@ def _prep_row(fig, out: Path, head: Path | None) -> None:
     axes = fig.subplots(1, 4)
     cases = sorted((out / "prep").glob("*/*_mask.nii.gz"))
     if not cases or head is None or not head.is_file():
-        _missing(axes[0], "demo_out/prep/*/*_mask.nii.gz")
-        for ax in axes[1:]:
-            ax.set_axis_off()
+        _missing(axes, "demo_out/prep/*/*_mask.nii.gz")
         return
     mask_path = cases[0]
     image_path = mask_path.with_name(mask_path.name.replace("_mask", "_image"))
@@ -129,9 +130,7 @@ def _ldseg_row(fig, out: Path) -> None:
     segs = sorted((root / "inference").glob("*_seg.nii.gz"))
     datalist = root / "data" / "datalist.json"
     if not segs or not datalist.is_file():
-        _missing(axes[0], "demo_out/ldseg/inference/*_seg.nii.gz")
-        for ax in axes[1:]:
-            ax.set_axis_off()
+        _missing(axes, "demo_out/ldseg/inference/*_seg.nii.gz")
         return
     import nibabel as nib
     from matplotlib.colors import ListedColormap
@@ -170,15 +169,13 @@ def _gdm_row(fig, out: Path) -> None:
     root = out / "gdm"
     scts = sorted((root / "inference").glob("*_sct.nii.gz"))
     if not scts:
-        _missing(axes[0], "demo_out/gdm/inference/*_sct.nii.gz")
-        for ax in axes[1:]:
-            ax.set_axis_off()
+        _missing(axes, "demo_out/gdm/inference/*_sct.nii.gz")
         return
     sct_path = scts[0]
     case = sct_path.name[: -len("_sct.nii.gz")]
     folder = next((root / "data" / "Task1").glob(f"*/{case}"), None)
     if folder is None:
-        _missing(axes[0], f"the reference CT of {case}")
+        _missing(axes, f"the reference CT of {case}")
         return
     ct, _ = _ras(folder / "ct.mha")
     mr, _ = _ras(folder / "mr.mha")
@@ -214,7 +211,7 @@ def _ld_row(fig, out: Path) -> None:
     columns += [(p, f"generated, δ = {best:+.3f}\n(searched)" if best is not None else "generated")
                 for p in pngs(root / "generated")]
     if not columns:
-        _missing(axes[0], "demo_out/ld_slice_generator/generated/*.png")
+        _missing(axes, "demo_out/ld_slice_generator/generated/*.png")
     for ax, (path, title) in zip(axes, columns):
         _show(ax, np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0, title, vmin=0, vmax=1)
     for ax in axes[len(columns):]:

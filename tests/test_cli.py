@@ -239,3 +239,15 @@ def test_converting_never_imports_torch(tmp_path):
     # the ITK pipelines need SimpleITK, but not torch either
     code = "import sys, ldmonai.prep.pipeline; sys.exit(1 if {'torch', 'monai'} & set(sys.modules) else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_overview_says_which_stage_left_no_output(tmp_path, monkeypatch):
+    """A failed stage keeps its row in demo_out/overview.png, naming the output it lacks, instead of vanishing."""
+    from ldmonai import demo_overview
+
+    said = []
+    real = demo_overview._missing
+    monkeypatch.setattr(demo_overview, "_missing", lambda axes, what: (said.append(what), real(axes, what)))
+    assert demo_overview.write_overview(tmp_path).is_file()
+    assert said == ["demo_out/nifti/*/*.nii.gz", "demo_out/prep/*/*_mask.nii.gz", "demo_out/ldseg/inference/*_seg.nii.gz",
+                    "demo_out/gdm/inference/*_sct.nii.gz", "demo_out/ld_slice_generator/generated/*.png"]
