@@ -39,19 +39,23 @@ def _ras(path: Path):
     # ITK names orientations by where each axis comes *from*: DICOMOrient "RAS" gives the direction
     # diag(-1, -1, 1) in ITK's LPS world, i.e. indices increasing towards Right, Anterior and
     # Superior, nibabel's RAS+. SimpleITK's array is (Z, Y, X), hence the transpose.
-    img = sitk.DICOMOrient(sitk.ReadImage(str(path)), "RAS")
-    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
-    return arr, img.GetSpacing()
+    return _ras_array(sitk.ReadImage(str(path)))
 
 
-def _resampled_like(path: Path, reference: Path, nearest: bool = False) -> np.ndarray:
-    """``path``'s image on ``reference``'s grid, as a RAS ``(X, Y, Z)`` array."""
+def _ras_array(image):
+    """``(array (X, Y, Z) in RAS order, spacing)`` of a SimpleITK image."""
     import SimpleITK as sitk
 
-    ref = sitk.ReadImage(str(reference))
-    moved = sitk.Resample(sitk.ReadImage(str(path)), ref, sitk.Transform(),
-                          sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear, 0.0)
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(moved, "RAS")).transpose(2, 1, 0)
+    img = sitk.DICOMOrient(image, "RAS")
+    return sitk.GetArrayFromImage(img).transpose(2, 1, 0), img.GetSpacing()
+
+
+def _resampled_like(path: Path, reference: Path) -> np.ndarray:
+    """``path``'s image on ``reference``'s grid (linear), as a RAS ``(X, Y, Z)`` array."""
+    import SimpleITK as sitk
+
+    moved = sitk.Resample(sitk.ReadImage(str(path)), sitk.ReadImage(str(reference)), sitk.Transform(), sitk.sitkLinear, 0.0)
+    return _ras_array(moved)[0]
 
 
 def _show(ax, image, title: str, cmap: str = "gray", vmin=None, vmax=None, colorbar: str | None = None):
@@ -137,8 +141,9 @@ def _ldseg_row(fig, out: Path) -> None:
 
     seg_path = segs[0]
     stem = seg_path.name[: -len("_seg.nii.gz")]
-    entry = next((e for e in json.loads(datalist.read_text()).get("test", []) if Path(e["image"]).name.startswith(stem)), None)
-    names = json.loads(datalist.read_text()).get("labels", {})
+    data = json.loads(datalist.read_text())
+    entry = next((e for e in data.get("test", []) if Path(e["image"]).name.startswith(stem)), None)
+    names = data.get("labels", {})
     load = lambda p: np.asarray(nib.load(str(p)).dataobj, dtype=np.float32)  # noqa: E731
     image = load(root / "data" / entry["image"]) if entry else None
     label = load(root / "data" / entry["label"]) if entry and entry.get("label") else None
