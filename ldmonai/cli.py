@@ -219,7 +219,7 @@ def _run_brain_slices(args) -> int:
 def _run_aging_pairs(args) -> int:
     from ldmonai.data import make_aging_pairs
 
-    path = make_aging_pairs(args.out_dir, num_pairs=args.pairs, size=args.size, seed=args.seed)
+    path = make_aging_pairs(args.out_dir, num_pairs=args.pairs, size=args.size, seed=args.seed, age_style=args.age_style)
     print(f"wrote {args.pairs} simulated ageing pairs (not longitudinal scans); datalist: {path}")
     return 0
 
@@ -283,12 +283,16 @@ def _add_data(top) -> None:
     p = _dataset_parser(
         data_sub, "aging-pairs", "MNI152 slice pairs before and after simulated atrophy, with edit instructions",
         "Write (source, target) slice pairs, the target after a simulated atrophy (widened central "
-        "structures), with instructions such as 'age this seventy year old brain into seventy-seven "
-        "year old brain': InstructPix2Pix training data standing in for longitudinal scans.",
+        "structures), with instructions that carry the age difference, such as 'make this brain seven "
+        "years older' (--age-style word), 'make this brain 7 years older' (numerical) or 'make this "
+        "brain moderately older' (binned: slight < 5 years, moderate 5 to 10, significant > 10): "
+        "InstructPix2Pix training data standing in for longitudinal scans.",
         "examples:\n  ldmonai data aging-pairs data/aging_pairs --pairs 64 --size 32\n"
         "then: python -m monai.bundle run --config_file \"['bundles/ld_slice_generator/configs/train.json',"
         "'bundles/ld_slice_generator/configs/instruct_pix2pix.json']\" --bundle_root bundles/ld_slice_generator",
         ("--pairs", 64, "number of pairs"), 32, "slice size in pixels")
+    p.add_argument("--age-style", choices=("binned", "word", "numerical"), default="word",
+                   help="how instructions state the age difference (default: word)")
     p.set_defaults(func=_run_aging_pairs)
 
 

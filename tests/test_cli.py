@@ -197,11 +197,13 @@ def test_data_slice_sets_for_ld(tmp_path, capsys):
                 "--volume", str(tmp_path / "broken.nii.gz")])
     err = capsys.readouterr().err
     assert code == 1 and "broken.nii.gz: cannot read volume" in err and "Traceback" not in err
-    assert cli(["data", "aging-pairs", str(tmp_path / "pairs"), "--pairs", "4", "--size", "16"]) == 0
+    assert cli(["data", "aging-pairs", str(tmp_path / "pairs"), "--pairs", "4", "--size", "16", "--age-style", "binned"]) == 0
     pairs = _json.loads((tmp_path / "pairs" / "datalist.json").read_text())
-    entry = (pairs["training"] + pairs["validation"])[0]
-    assert (tmp_path / "pairs" / entry["source"]).is_file() and (tmp_path / "pairs" / entry["image"]).is_file()
-    assert entry["prompt"].startswith("age this ") and entry["target_age"] > entry["age"]
+    for entry in pairs["training"] + pairs["validation"]:
+        assert (tmp_path / "pairs" / entry["source"]).is_file() and (tmp_path / "pairs" / entry["image"]).is_file()
+        years = entry["target_age"] - entry["age"]
+        level = "slightly" if years < 5 else "moderately" if years <= 10 else "significantly"
+        assert entry["prompt"] == f"make this brain {level} older"
 
 
 def test_a_bundle_without_trained_weights_falls_back_to_its_demo_weights(tmp_path, capsys):

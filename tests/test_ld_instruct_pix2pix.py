@@ -11,7 +11,7 @@ from ldmonai.ld.instruct_pix2pix import InstructPix2Pix, widen_from_text_to_imag
 from ldmonai.ld.prompts import PromptBuilder
 from test_ld_model import tiny_model
 
-INSTRUCTION = "age this seventy year old brain into seventy-seven year old brain"
+INSTRUCTION = "make this brain seven years older"
 MARGIN_DB = 1.0  # measured: 16.4 dB against its own target, 14.7 dB against another pair's
 
 

@@ -7,7 +7,7 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from ldmonai.errors import LdmonaiError
 from ldmonai.ld.finetune import SCHEMES, dreambooth_loss, load_custom_diffusion, prepare_scheme, save_custom_diffusion
 from ldmonai.ld.model import LatentDiffusion
-from ldmonai.ld.prompts import PromptBuilder, age_in_words, render_age
+from ldmonai.ld.prompts import PromptBuilder, age_in_words, render_age, render_age_difference
 from ldmonai.ld.text_encoder import TinyTextEncoder, load_learned_tokens, save_learned_tokens
 
 
@@ -25,17 +25,54 @@ def test_prompts():
     b = PromptBuilder(fields=("age", "sex", "diagnosis"), age_style="word")
     assert b({"age": 77, "sex": "F", "diagnosis": "MCI"}) == \
         "a brain mri of a seventy-seven year old female brain with mild cognitive impairment"
-    assert render_age(65) == "slightly old" and render_age(75) == "moderately old" and render_age(85) == "significantly old"
     assert render_age(77, "numerical") == "77 year old" and age_in_words(102) == "one hundred and two"
+    with pytest.raises(LdmonaiError, match="binned age describes the age difference between two scans"):
+        render_age(77, "binned")
     diverse = PromptBuilder(templates="diverse", seed=1)
     assert len({diverse() for _ in range(200)}) == 20
     with pytest.raises(LdmonaiError, match=r"unknown prompt field\(s\) \['weight'\]"):
         PromptBuilder(fields=("age", "weight"))
     with pytest.raises(LdmonaiError, match="no 'diagnosis'.*add a diagnosis column"):
         PromptBuilder(fields=("diagnosis",))({"age": 70, "image": "x.png"})
-    # every word a prompt uses is in the encoder's vocabulary: no <unk>
+    # every word a prompt or an instruction uses is in the encoder's vocabulary: no <unk>
     enc = TinyTextEncoder(b.vocabulary(), dim=16, num_layers=1)
-    assert 3 not in enc.tokenizer([b({"age": a, "sex": "M", "diagnosis": "AD"}) for a in (55, 77, 101)])
+    texts = [b({"age": a, "sex": "M", "diagnosis": "AD"}) for a in (55, 77, 101)]
+    for style in ("binned", "word", "numerical"):
+        i = PromptBuilder(fields=("age", "sex", "diagnosis"), age_style=style)
+        texts += [i.instruction({"age": 70, "sex": "F", "diagnosis": "CN"}, {"age": t, "sex": "F", "diagnosis": d})
+                  for t, d in ((71, "CN"), (77.5, "MCI"), (93, "AD"), (64, "CN"))]
+    assert 3 not in enc.tokenizer(texts)
+
+
+# (source age, target age) -> the difference as the paper bins it (slight < 5 years, moderate 5 to 10,
+# significant > 10), spelled out, and in digits
+AGE_DIFFERENCES = [
+    ((70, 70), ("the same age", "the same age", "the same age")),
+    ((70, 71), ("slightly older", "one year older", "1 year older")),
+    ((70, 74.9), ("slightly older", "five years older", "5 years older")),  # binned before rounding
+    ((70, 75), ("moderately older", "five years older", "5 years older")),
+    ((62.5, 72.5), ("moderately older", "ten years older", "10 years older")),
+    ((70, 80.2), ("significantly older", "ten years older", "10 years older")),
+    ((60, 83), ("significantly older", "twenty-three years older", "23 years older")),
+    ((78, 71), ("moderately younger", "seven years younger", "7 years younger")),
+    ((78, 76), ("slightly younger", "two years younger", "2 years younger")),
+    ((70, 70.3), ("slightly older", "the same age", "the same age")),
+]
+
+
+@pytest.mark.parametrize("ages, expected", AGE_DIFFERENCES)
+def test_age_difference_bins_and_forms(ages, expected):
+    assert tuple(render_age_difference(*ages, style) for style in ("binned", "word", "numerical")) == expected
+
+
+def test_instructions_carry_the_age_difference():
+    src, dst = {"age": 70, "sex": "F", "diagnosis": "CN"}, {"age": 77, "sex": "F", "diagnosis": "MCI"}
+    assert PromptBuilder(fields=("age",), age_style="binned").instruction(src, dst) == "make this brain moderately older"
+    assert PromptBuilder(fields=("age", "sex", "diagnosis"), age_style="word").instruction(src, dst) == \
+        "make this female brain with cognitively normal seven years older, as a female brain with mild cognitive impairment"
+    assert PromptBuilder(fields=("diagnosis",)).instruction(src, {**src, "age": 90}) == "make this brain with cognitively normal"
+    with pytest.raises(LdmonaiError, match="no 'age'"):
+        PromptBuilder(fields=("age",)).instruction(src, {"sex": "F"})
 
 
 def _state(model):
@@ -102,17 +139,44 @@ def test_textual_inversion_and_custom_diffusion_artifacts_round_trip(tmp_path):
         load_custom_diffusion(tiny_model(), tmp_path / "bad.pt")
 
 
-def test_sampling_is_seeded_and_drift_changes_it():
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_sampling_is_seeded_and_drift_translates_the_latents(guidance):
+    """DDIM from the same noise is deterministic, so a model sampled with δ at inference only
+    must give exactly its δ = 0 latents plus δ (docs/ld.md): the prior, every step and the
+    guidance branches all go through the drift wrapper."""
     model = tiny_model().eval()
+    model.decode = lambda z: z  # compare the final latents themselves
 
-    def run(delta, guidance=1.0):
+    def run(delta):
         return model.sample(["a brain mri of a brain"] * 2, (8, 8), delta=delta, num_inference_steps=5,
                             guidance_scale=guidance, generator=torch.Generator().manual_seed(3))
 
-    a, b = run(0.0), run(0.0)
-    assert a.shape == (2, 1, 16, 16) and torch.equal(a, b)
-    assert not torch.allclose(run(0.1), a)
-    assert run(0.0, guidance=3.0).shape == a.shape
+    a = run(0.0)
+    assert a.shape == (2, 4, 8, 8) and torch.equal(a, run(0.0))
+    for delta in (0.1, -0.05, [0.1, 0.0, -0.1, 0.05]):
+        shift = torch.as_tensor(delta).reshape(1, -1, 1, 1)
+        torch.testing.assert_close(run(delta), a + shift, atol=1e-5, rtol=0)
+
+
+def test_the_training_delta_travels_with_the_weights(tmp_path, capsys):
+    from ldmonai.ld.pipeline import load_model, training_delta
+
+    model = tiny_model()
+    assert model.trained_delta() == 0.0
+    assert training_delta(model, 0.05) == 0.05 and training_delta(model, 0.2, use_latent_drift=False) == 0.0
+    assert training_delta(model, [0.1, 0.0, -0.1, 0.05]) == [0.1, 0.0, -0.1, 0.05]
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    assert load_model(tiny_model(), tmp_path / "m.pt").trained_delta() == [0.1, 0.0, -0.1, 0.05]
+    old = {k: v for k, v in model.state_dict().items() if k != "latent_drift"}  # weights from before it was recorded
+    torch.save(old, tmp_path / "old.pt")
+    assert load_model(tiny_model(), tmp_path / "old.pt").trained_delta() == 0.0
+    assert "record no latent drift; they load with δ = 0" in capsys.readouterr().err
+    with pytest.raises(LdmonaiError, match="2 values but the latent has.*4 channels"):
+        model.record_delta([0.1, 0.2])
+    with pytest.raises(LdmonaiError, match="out of range"):
+        training_delta(model, 3.0)
+    with pytest.raises(LdmonaiError, match="neither a number nor 'search'"):
+        training_delta(model, "serach")
 
 
 def test_bad_images_are_one_clear_error():

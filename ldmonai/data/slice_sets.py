@@ -198,7 +198,8 @@ def make_aging_pairs(out_dir: str | os.PathLike, num_pairs: int = 64, size: int 
                      ages: tuple[int, int] = (60, 80), years: tuple[int, int] = (2, 12), age_style: str = "word",
                      central_fraction: float = 0.5, val_fraction: float = 0.1) -> Path:
     """Pairs of MNI152 slices before and after :func:`simulate_atrophy`, with instructions
-    such as "age this seventy year old brain into seventy-seven year old brain".
+    such as "make this brain seven years older" (``age_style`` renders the age difference:
+    ``binned``, ``word`` or ``numerical``, :func:`~ldmonai.ld.prompts.render_age_difference`).
 
     Entries hold ``source``, ``image`` (the target), ``prompt`` (the instruction), ``age`` and
     ``target_age``. Returns the datalist path.

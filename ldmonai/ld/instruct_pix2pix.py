@@ -1,8 +1,8 @@
 """InstructPix2Pix-style counterfactuals: a latent denoiser that also sees the source image.
 
 Brooks et al., "InstructPix2Pix: Learning to Follow Image Editing Instructions" (CVPR 2023),
-as LD uses it for paired data such as longitudinal scans of one subject ("age this 70 year
-old brain into 77 with MCI"):
+as LD uses it for paired data such as longitudinal scans of one subject ("make this brain
+seven years older, as a brain with mild cognitive impairment"):
 
 - the UNet's input is widened from C_z to 2·C_z channels: [z_t, E(source)]. The extra input
   weights start at zero (:func:`widen_from_text_to_image`), so at the start of fine-tuning

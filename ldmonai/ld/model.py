@@ -22,6 +22,17 @@ from ldmonai.errors import LdmonaiError
 __all__ = ["LatentDiffusion"]
 
 
+def _default_latent_drift(module: "LatentDiffusion", state_dict, prefix: str, *args) -> None:
+    """Weights written before the training δ was recorded load as δ = 0, with a note."""
+    key = prefix + "latent_drift"
+    if key not in state_dict and prefix + "scale_factor" in state_dict:
+        import sys
+
+        print("ldmonai: note: these LD weights record no latent drift; they load with δ = 0 (pass --delta for the "
+              "δ they were trained with)", file=sys.stderr, flush=True)
+        state_dict[key] = torch.zeros_like(module.latent_drift)
+
+
 class LatentDiffusion(nn.Module):
     """Autoencoder + text encoder + conditional latent denoiser.
 
@@ -39,6 +50,10 @@ class LatentDiffusion(nn.Module):
             which teaches the unconditional branch of classifier-free guidance.
 
     Shapes: images ``(B, C, H, W)``; latents ``(B, C_z, H / f, W / f)``.
+
+    The buffer ``latent_drift`` ``(C_z,)`` records the δ the weights were trained with, so that
+    a checkpoint carries it and inference can default to it (:meth:`trained_delta`). Weights
+    saved before it existed load with δ = 0 and a one-line note.
     """
 
     def __init__(self, autoencoder: AutoencoderKL, unet: DiffusionModelUNet, text_encoder: nn.Module,
@@ -50,6 +65,8 @@ class LatentDiffusion(nn.Module):
         self.text_dropout = text_dropout
         self.autoencoder, self.unet, self.text_encoder = autoencoder, unet, text_encoder
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+        self.register_buffer("latent_drift", torch.zeros(self.latent_channels))
+        self._register_load_state_dict_pre_hook(_default_latent_drift, with_module=True)
         self.schedule_args = {"num_train_timesteps": num_train_timesteps, "schedule": schedule,
                               "beta_start": beta_start, "beta_end": beta_end}
 
@@ -63,6 +80,19 @@ class LatentDiffusion(nn.Module):
     @property
     def latent_channels(self) -> int:
         return self.unet.out_channels
+
+    def trained_delta(self) -> float | list[float]:
+        """The δ these weights were trained with: a float, or one value per latent channel."""
+        values = [float(f"{float(v):.6g}") for v in self.latent_drift.cpu()]  # 0.05, not float32's 0.0500000007
+        return values[0] if len(set(values)) == 1 else values
+
+    @torch.no_grad()
+    def record_delta(self, delta: float | Sequence[float]) -> float | list[float]:
+        """Store the training δ in the ``latent_drift`` buffer (checked like the scheduler checks it)."""
+        # through the wrapper, so that a δ it would refuse (range, channel count) is refused here too
+        shift = LatentDriftScheduler(None, delta).shift_like(self.latent_drift.new_zeros(1, self.latent_channels, 1, 1))
+        self.latent_drift.copy_(shift.reshape(-1).expand(self.latent_channels))
+        return self.trained_delta()
 
     def _autoencoder_geometry(self) -> tuple[int, int]:
         """(image channels, downsampling factor) of the autoencoder, MONAI's or an adapter's."""

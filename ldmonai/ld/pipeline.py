@@ -24,7 +24,7 @@ from ldmonai.ld.prompts import PromptBuilder
 
 __all__ = ["datalist_entries", "datalist_slice_affine", "default_vocabulary", "delta_grid_image", "edit_slices", "evaluate_generation",
            "finetune_model", "generate_slices", "with_class_images", "instruct_pix2pix_model", "latent_scale", "load_model", "load_slices",
-           "run_delta_search"]
+           "run_delta_search", "training_delta"]
 
 
 def default_vocabulary() -> list[str]:
@@ -241,6 +241,52 @@ def run_delta_search(model: LatentDiffusion, datalist: str | os.PathLike, out_di
                "num_samples": num_samples, "num_real": int(real.shape[0]), "distance": distance}
     atomic_write_json(Path(out_dir) / "delta_search.json", summary)
     return summary
+
+
+def training_delta(model: LatentDiffusion, delta: float | Sequence[float] | str, use_latent_drift: bool = True,
+                   search: dict | None = None) -> float | list[float]:
+    """The δ a fine-tuning trains with, recorded in the model's ``latent_drift`` buffer (and so in
+    every checkpoint of the run), where inference and evaluation read it.
+
+    ``delta="search"`` is the paper's workflow: search δ on the *pretrained* model (``model``
+    before any step) against the target slices, then fine-tune with the δ found.
+    ``search`` holds :func:`run_delta_search`'s arguments (``datalist``, ``out_dir``,
+    ``latent_size``, ...). A search already written to ``out_dir`` is reused, so a resumed run
+    does not search again. Under DDP, rank 0 searches and broadcasts the result.
+    """
+    if not use_latent_drift:
+        return model.record_delta(0.0)
+    if delta != "search":
+        if isinstance(delta, str):
+            raise LdmonaiError(f"delta={delta!r} is neither a number nor 'search'", None,
+                               "give a float, one float per latent channel, or 'search'")
+        return model.record_delta(delta)
+    if not search:
+        raise LdmonaiError("delta='search' needs the search settings", None, "pass the delta_search dict of train.json")
+    from ldmonai.ld.instruct_pix2pix import InstructPix2Pix
+
+    if isinstance(model, InstructPix2Pix):
+        raise LdmonaiError("delta='search' samples from text, which an InstructPix2Pix model cannot do", None,
+                           "search δ with the text-to-image model (delta_search.json) and pass the value as --delta")
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    found = torch.zeros(1, device=model.latent_drift.device)
+    if not distributed or dist.get_rank() == 0:
+        summary_path = Path(search["out_dir"]) / "delta_search.json"
+        if summary_path.is_file():
+            best = json.loads(summary_path.read_text())["best_delta"]
+            print(f"ldmonai: δ search already in {summary_path}: δ = {best:+.4g} (delete the file to search again)", flush=True)
+        else:
+            was_training = model.training
+            model.eval()
+            best = run_delta_search(model, **search)["best_delta"]
+            model.train(was_training)
+            print(f"ldmonai: δ searched on the pretrained model: δ = {best:+.4g}; fine-tuning with it", flush=True)
+        found.fill_(best)
+    if distributed:
+        dist.broadcast(found, src=0)
+    return model.record_delta(float(found))
 
 
 def _class_values(entries: list[dict], class_key: str, datalist, split: str) -> list:

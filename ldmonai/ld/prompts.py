@@ -1,8 +1,11 @@
 """Text prompts for LD: Simple or Diverse templates, with or without patient information.
 
 Patient fields come from the slice index that ``ldmonai prep slices`` writes (``age``,
-``sex``, ``diagnosis``). Age is rendered Binned ("slightly old"), as a Word
-("seventy-seven") or Numerical ("77"), as the paper compares.
+``sex``, ``diagnosis``). The paper compares three renderings of age (Binned, Word,
+Numerical). For a counterfactual, the age in an instruction is the *difference* between the
+source and the target scan, binned as slight (< 5 years), moderate (5 to 10) or significant
+(> 10), or spelled out ("seven years older") or in digits ("7 years older"). One scan's own age
+has no bin: it is a Word ("seventy-seven year old") or Numerical ("77 year old").
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from typing import Mapping
 
 from ldmonai.errors import LdmonaiError
 
-__all__ = ["AGE_STYLES", "FIELDS", "PromptBuilder", "age_in_words", "render_age"]
+__all__ = ["AGE_DIFFERENCE_BINS", "AGE_STYLES", "FIELDS", "PromptBuilder", "age_difference_level", "age_in_words",
+           "render_age", "render_age_difference"]
 
 FIELDS = ("age", "sex", "diagnosis")
 AGE_STYLES = ("binned", "word", "numerical")
+#: years of age difference where the paper's bins change: slight below 5, moderate 5 to 10, significant above 10
+AGE_DIFFERENCE_BINS = (5.0, 10.0)
 DIAGNOSES = {"cn": "cognitively normal", "mci": "mild cognitive impairment", "ad": "alzheimer's disease",
              "normal": "normal", "pneumonia": "pneumonia", "effusion": "effusion"}
 
@@ -65,17 +71,47 @@ def age_in_words(age: int) -> str:
     return _TENS[tens] + (f"-{_ONES[ones]}" if ones else "")
 
 
-def render_age(age: float, style: str = "binned", bins: tuple[int, int] = (70, 80)) -> str:
-    """``binned``: slightly (< 70), moderately (< 80) or significantly (>= 80) old; ``word``; ``numerical``."""
+def render_age(age: float, style: str = "numerical") -> str:
+    """One scan's age: ``word`` ("seventy-seven year old") or ``numerical`` ("77 year old").
+
+    ``binned`` is refused: the paper's bins describe an age *difference* between two scans
+    (:func:`render_age_difference`), not an age.
+    """
     a = int(round(float(age)))
-    if style == "binned":
-        level = "slightly" if a < bins[0] else "moderately" if a < bins[1] else "significantly"
-        return f"{level} old"
     if style == "word":
         return f"{age_in_words(a)} year old"
     if style == "numerical":
         return f"{a} year old"
+    if style == "binned":
+        raise LdmonaiError("binned age describes the age difference between two scans, not one scan's age", None,
+                           "use age_style 'word' or 'numerical' for prompts of single slices; binned ages belong "
+                           "in instructions (PromptBuilder.instruction)")
     raise LdmonaiError(f"unknown age style {style!r}", None, f"use one of {', '.join(AGE_STYLES)}")
+
+
+def age_difference_level(years: float) -> str:
+    """The paper's bin of an age difference: ``slightly`` (|d| < 5), ``moderately`` (5 <= |d| <= 10)
+    or ``significantly`` (|d| > 10). Binned on the exact difference, before any rounding."""
+    d = abs(float(years))
+    low, high = AGE_DIFFERENCE_BINS
+    return "slightly" if d < low else "moderately" if d <= high else "significantly"
+
+
+def render_age_difference(source_age: float, target_age: float, style: str = "binned") -> str:
+    """How much older (or younger) the target scan is than the source, in ``style``:
+    ``binned`` ("moderately older"), ``word`` ("seven years older") or ``numerical``
+    ("7 years older"); "the same age" when the difference is zero."""
+    if style not in AGE_STYLES:
+        raise LdmonaiError(f"unknown age style {style!r}", None, f"use one of {', '.join(AGE_STYLES)}")
+    d = float(target_age) - float(source_age)
+    years = int(round(abs(d)))
+    if d == 0 or (style != "binned" and years == 0):
+        return "the same age"
+    direction = "older" if d > 0 else "younger"
+    if style == "binned":
+        return f"{age_difference_level(d)} {direction}"
+    amount = age_in_words(years) if style == "word" else str(years)
+    return f"{amount} year{'s' if years != 1 else ''} {direction}"
 
 
 class PromptBuilder:
@@ -86,12 +122,13 @@ class PromptBuilder:
         subject: the noun, e.g. ``"brain"``; a DreamBooth identifier goes in front (``"sks brain"``).
         templates: ``simple`` (one template) or ``diverse`` (twenty), drawn at random per call.
         fields: patient fields to include, a subset of ``FIELDS`` (empty: no patient information).
-        age_style: ``binned``, ``word`` or ``numerical``.
+        age_style: ``word`` or ``numerical`` for one scan's age; for the age difference of an
+            :meth:`instruction`, also ``binned`` (see :func:`render_age_difference`).
         seed: random source of the diverse templates, so that a run's prompts reproduce.
     """
 
     def __init__(self, modality: str = "brain mri", subject: str = "brain", templates: str = "simple",
-                 fields: tuple[str, ...] = (), age_style: str = "binned", seed: int = 0) -> None:
+                 fields: tuple[str, ...] = (), age_style: str = "numerical", seed: int = 0) -> None:
         unknown = sorted(set(fields) - set(FIELDS))
         if unknown:
             raise LdmonaiError(f"unknown prompt field(s) {unknown}", None, f"use any of {', '.join(FIELDS)}")
@@ -103,16 +140,19 @@ class PromptBuilder:
         self.templates = (SIMPLE,) if templates == "simple" else DIVERSE
         self.rng = random.Random(seed)
 
-    def subject_phrase(self, record: Mapping | None = None) -> str:
-        """The subject with the patient information, e.g.
-        "seventy-seven year old female brain with mild cognitive impairment"."""
-        record = record or {}
-        for f in self.fields:
+    def _check(self, record: Mapping, fields: tuple[str, ...]) -> None:
+        for f in fields:
             if record.get(f) in (None, ""):
                 raise LdmonaiError(f"the record has no {f!r}", record.get("image"),
                                    f"add a {f} column to the slice index or drop {f!r} from the prompt fields")
+
+    def subject_phrase(self, record: Mapping | None = None, with_age: bool = True) -> str:
+        """The subject with the patient information, e.g.
+        "seventy-seven year old female brain with mild cognitive impairment"."""
+        record = record or {}
+        self._check(record, self.fields if with_age else tuple(f for f in self.fields if f != "age"))
         words = []
-        if "age" in self.fields:
+        if "age" in self.fields and with_age:
             words.append(render_age(record["age"], self.age_style))
         if "sex" in self.fields:
             sex = str(record["sex"]).strip().lower()
@@ -127,17 +167,30 @@ class PromptBuilder:
         return self.rng.choice(self.templates).format(modality=self.modality, subject=self.subject_phrase(record))
 
     def instruction(self, source: Mapping, target: Mapping) -> str:
-        """An InstructPix2Pix edit instruction from the source's to the target's patient fields,
-        e.g. "age this seventy year old brain with normal cognition into seventy-seven year old
-        brain with mild cognitive impairment"."""
-        return f"age this {self.subject_phrase(source)} into {self.subject_phrase(target)}"
+        """An InstructPix2Pix edit instruction from the source scan to the target scan.
+
+        The age enters as the difference between the two (:func:`render_age_difference`); the
+        other fields describe the source, and the target where they change, e.g. "make this
+        female brain seven years older" or "make this brain moderately older, as a brain with
+        mild cognitive impairment".
+        """
+        text = f"make this {self.subject_phrase(source, with_age=False)}"
+        if "age" in self.fields:
+            self._check(source, ("age",))
+            self._check(target, ("age",))
+            text += f" {render_age_difference(source['age'], target['age'], self.age_style)}"
+        after = self.subject_phrase(target, with_age=False)
+        if after != self.subject_phrase(source, with_age=False):
+            text += f", as a {after}"
+        return text
 
     def vocabulary(self) -> list[str]:
         """Every word these prompts can use, for the toolkit's own word-level text encoder."""
         words = set()
         for t in self.templates:
             words.update(t.replace(",", " , ").replace("{modality}", self.modality).replace("{subject}", self.subject).split())
-        words.update("slightly moderately significantly old year female male with age this into".split())
+        words.update("slightly moderately significantly old older younger year years the same female male with make "
+                     "this as ,".split())
         for a in range(130):
             words.update(age_in_words(a).split())
         for dx in DIAGNOSES.values():
