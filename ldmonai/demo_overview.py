@@ -8,7 +8,7 @@ so the figure shows what was written, not an in-memory copy:
 3. LDSeg: image, segmentation, entropy (colour bar) and the reference labels, with the Dice.
 4. GDM: MR, synthetic CT, reference CT and the absolute error, in HU with colour bars, and the
    MAE inside the body mask.
-5. LD: real slices beside slices generated at δ = 0 and at the searched δ.
+5. LD: real slices beside slices generated at δ = 0 and at the δ the weights were trained with.
 
 A stage whose outputs are missing gets a row that says so, rather than disappearing.
 """
@@ -211,10 +211,14 @@ def _ld_row(fig, out: Path) -> None:
         real = [datalist.parent / e["image"] for e in json.loads(datalist.read_text()).get("validation", [])[:2]]
     search = root / "delta_search" / "delta_search.json"
     best = json.loads(search.read_text())["best_delta"] if search.is_file() else None
+    run = root / "generated" / "prompts.json"
+    trained = json.loads(run.read_text())["delta"] if run.is_file() else None
     columns = [(p, "real MNI152 slice") for p in real]
     columns += [(p, "generated, δ = 0") for p in pngs(root / "generated_delta0")]
-    columns += [(p, f"generated, δ = {best:+.3f}\n(searched)" if best is not None else "generated")
-                for p in pngs(root / "generated")]
+    label = "generated" if trained is None else f"generated, trained δ = {trained:+.3f}"
+    if best is not None:
+        label += f"\n(search on it: {best:+.3f})"
+    columns += [(p, label) for p in pngs(root / "generated")]
     if not columns:
         _missing(axes, "demo_out/ld_slice_generator/generated/*.png")
     for ax, (path, title) in zip(axes, columns):

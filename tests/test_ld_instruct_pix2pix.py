@@ -7,7 +7,7 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 
 from ldmonai.data.slice_sets import simulate_atrophy
 from ldmonai.errors import LdmonaiError
-from ldmonai.ld.instruct_pix2pix import InstructPix2Pix, widen_from_text_to_image
+from ldmonai.ld.instruct_pix2pix import InstructPix2Pix, from_text_to_image
 from ldmonai.ld.prompts import PromptBuilder
 from test_ld_model import tiny_model
 
@@ -25,8 +25,14 @@ def tiny_ip2p(seed: int = 0, **kwargs) -> InstructPix2Pix:
 
 def test_widened_model_starts_as_the_text_to_image_model(tmp_path):
     t2i = tiny_model(1)
+    t2i.record_delta(0.05)
     torch.save(t2i.state_dict(), tmp_path / "t2i.pt")
-    model = widen_from_text_to_image(tiny_ip2p(), tmp_path / "t2i.pt").eval()
+    from ldmonai.ld.pipeline import instruct_pix2pix_model, load_model
+
+    model = instruct_pix2pix_model(tiny_model(2), tmp_path / "t2i.pt", condition_dropout=0.1).eval()
+    assert isinstance(model, InstructPix2Pix) and model.condition_dropout == 0.1 and model.trained_delta() == 0.05
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"unet"}
     g = torch.Generator().manual_seed(0)
     noisy, source = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
     t = torch.tensor([10, 500])
@@ -38,6 +44,12 @@ def test_widened_model_starts_as_the_text_to_image_model(tmp_path):
     # the source channels are new weights, at zero
     w = model.unet.conv_in.conv.weight
     assert w.shape[1] == 8 and float(w[:, 4:].abs().max()) == 0.0
+    # inference recognises InstructPix2Pix weights and widens a text-to-image model to take them
+    torch.save(model.state_dict(), tmp_path / "ip2p.pt")
+    again = load_model(tiny_model(3), tmp_path / "ip2p.pt")
+    assert isinstance(again, InstructPix2Pix)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    assert from_text_to_image(again) is again
 
 
 def test_condition_dropout_rates():

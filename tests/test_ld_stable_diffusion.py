@@ -1,5 +1,7 @@
 """The [sd] backend: a local Stable Diffusion folder and a CLIP text encoder behind LD's interfaces."""
 
+import json
+
 import pytest
 import torch
 
@@ -13,6 +15,8 @@ from ldmonai.ld.finetune import SCHEMES, load_custom_diffusion, prepare_scheme, 
 from sd_factory import make_tiny_stable_diffusion  # noqa: E402
 
 PROMPT = "a brain mri of a brain"
+SD_GUIDANCE = 10.0
+SD_GUIDED_RATIO = 0.85
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +129,97 @@ def test_bundle_fine_tunes_and_samples_a_stable_diffusion_folder(sd_folder, tmp_
                  sd_folder, "--image_size", 16, "--ckpt_path", tmp_path / "models" / "model.pt", "--scheme", "lora",
                  "--num_inference_steps", 2, "--num_per_prompt", 1, "--output_dir", tmp_path / "gen", "--delta", 0.05)
     assert len(list((tmp_path / "gen").glob("*.png"))) == 1
+
+
+def test_attention_processors_record_the_maps_the_unet_uses(sd_folder):
+    """The recorder wraps diffusers' attention processors: the UNet's output is unchanged, and each
+    recorded map, applied to the module's values and output projection, gives back exactly what the
+    cross-attention module returned."""
+    from ldmonai.ld.cross_attention import CrossAttentionMaps
+
+    model = load_stable_diffusion(sd_folder).eval()
+    unet = model.unet
+    recorder = CrossAttentionMaps(unet)
+    names = sorted(recorder.blocks)
+    assert names and all(n.endswith("attn2") for n in names)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 700])
+    context = model.text_encoder([PROMPT, "a photo of a cat"])
+    outputs, inputs = {}, {}
+    hooks = [recorder.blocks[n].register_forward_hook(
+        lambda m, args, kwargs, out, n=n: (inputs.__setitem__(n, kwargs.get("encoder_hidden_states")), outputs.__setitem__(n, out)),
+        with_kwargs=True) for n in names]
+    with torch.no_grad():
+        plain = unet(x, timesteps=t, context=context)
+        with recorder:
+            recorded = unet(x, timesteps=t, context=context)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(plain, recorded)
+    assert type(unet.model.attn_processors[f"{names[0]}.processor"]).__name__ != "_RecordingProcessor"  # restored
+    assert sorted(recorder.maps) == names
+    for n in names:
+        attn, probs = recorder.blocks[n], recorder.maps[n]
+        assert probs.shape[:2] == (2, attn.heads) and probs.shape[-1] == context.shape[1]
+        torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)))
+        value = attn.head_to_batch_dim(attn.to_v(inputs[n])).reshape(2, attn.heads, context.shape[1], -1)
+        mixed = (probs @ value).transpose(1, 2).flatten(2)
+        torch.testing.assert_close(attn.to_out[0](mixed), outputs[n], atol=1e-5, rtol=1e-4)
+
+
+def test_guided_pix2pix_zero_on_stable_diffusion(sd_folder):
+    """Cross-attention guidance runs on the diffusers UNet: τ = 0 edits exactly as without guidance,
+    and τ > 0 lowers the distance between the edit's maps and the reconstruction's."""
+    from ldmonai.ld.editing import Pix2PixZero, edit_direction
+
+    model = load_stable_diffusion(sd_folder).eval()
+    images = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    prompts = [PROMPT] * 2
+    z_t = Pix2PixZero(model, num_inference_steps=6).invert(images, prompts)
+    direction = edit_direction(model.text_encoder, ["a brain mri of a healthy brain"], ["a brain mri of a sick brain"])
+    free = Pix2PixZero(model, num_inference_steps=6, guidance=0.0)
+    unguided = free.edit(z_t, prompts, direction, strength=2.0, track_attention=True)
+    assert torch.equal(unguided, free.edit(z_t, prompts, direction, strength=2.0))
+    guided_editor = Pix2PixZero(model, num_inference_steps=6, guidance=SD_GUIDANCE)
+    guided = guided_editor.edit(z_t, prompts, direction, strength=2.0)
+    free_error, guided_error = sum(free.attention_error[1:]), sum(guided_editor.attention_error[1:])
+    print(f"SD attention map distance: unguided {free_error:.4g}, guided (τ={SD_GUIDANCE}) {guided_error:.4g}")
+    assert len(guided_editor.attention_error) == 6 and free_error > 0
+    assert guided_error < SD_GUIDED_RATIO * free_error
+    assert float((guided - unguided).abs().mean()) > 0
+
+
+@pytest.mark.slow
+def test_instruct_pix2pix_and_guided_pix2pix_zero_through_sd_json(sd_folder, tmp_path):
+    """InstructPix2Pix trains from the Stable Diffusion folder (widened UNet input) and edits, and
+    Pix2Pix-Zero edits with cross-attention guidance, both through the bundle with sd.json."""
+    from pathlib import Path
+
+    from conftest import monai_bundle
+    from ldmonai.data import make_aging_pairs, make_brain_slices
+    from test_ld_bundle import check_edit_metrics
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "ld_slice_generator" / "configs"
+
+    def files(*names):
+        return repr([str(configs / n) for n in names])
+
+    make_aging_pairs(tmp_path / "pairs", num_pairs=8, size=16, val_fraction=0.25)
+    make_brain_slices(tmp_path / "brain", num_slices=8, size=16)
+    sd = ["--sd_path", sd_folder, "--image_size", 16]
+    monai_bundle("run", "--config_file", files("train.json", "instruct_pix2pix.json", "sd.json"), "--bundle_root", tmp_path,
+                 "--dataset_dir", tmp_path / "pairs", *sd, "--epochs", 1, "--iterations_per_epoch", 2, "--grid_steps", 2)
+    ckpt = tmp_path / "models" / "instruct_pix2pix.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["unet.model.conv_in.weight"].shape[1] == 8  # [z_t, E(source)]
+    runs = {"instruct_pix2pix": (["instruct_pix2pix.json"], ["--ckpt_path", ckpt, "--dataset_dir", tmp_path / "pairs"]),
+            "pix2pix_zero": ([], ["--dataset_dir", tmp_path / "brain", "--cross_attention_guidance", 10.0])}
+    for method, (extra_configs, extra) in runs.items():
+        out = tmp_path / f"edit_{method}"
+        monai_bundle("run", "--config_file", files("inference.json", *extra_configs, "sd.json", "edit.json"),
+                     "--bundle_root", tmp_path, *sd, *extra, "--output_dir", out, "--num_inference_steps", 3,
+                     "--edit_limit", 2)
+        summary = json.loads((out / "edit_summary.json").read_text())
+        assert summary["method"] == method and summary["cases"] == 2
+        check_edit_metrics(out, tmp_path / ("pairs" if method == "instruct_pix2pix" else "brain"),
+                           "source" if method == "instruct_pix2pix" else "image", summary)

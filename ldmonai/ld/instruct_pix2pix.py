@@ -5,8 +5,10 @@ as LD uses it for paired data such as longitudinal scans of one subject ("make t
 seven years older, as a brain with mild cognitive impairment"):
 
 - the UNet's input is widened from C_z to 2·C_z channels: [z_t, E(source)]. The extra input
-  weights start at zero (:func:`widen_from_text_to_image`), so at the start of fine-tuning
-  the model is exactly the pretrained text-to-image model;
+  weights start at zero (:func:`from_text_to_image`), so at the start of fine-tuning the model
+  is exactly the pretrained text-to-image model. It works on both backends: the input
+  convolution of MONAI's ``DiffusionModelUNet`` or of a diffusers ``UNet2DConditionModel``
+  (Stable Diffusion) is replaced by a wider one;
 - training drops the text, the source, or both (5 % each), so that one network also knows the
   unconditional branches;
 - sampling combines three predictions with an image scale s_I and a text scale s_T:
@@ -22,12 +24,13 @@ import os
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from ldmonai.diffusion.sampling import denoise
 from ldmonai.errors import LdmonaiError, first_line
 from ldmonai.ld.model import LatentDiffusion
 
-__all__ = ["InstructPix2Pix", "widen_from_text_to_image"]
+__all__ = ["InstructPix2Pix", "from_text_to_image", "input_convolution", "is_instruct_pix2pix_state"]
 
 
 class InstructPix2Pix(LatentDiffusion):
@@ -115,28 +118,50 @@ class InstructPix2Pix(LatentDiffusion):
         return self.decode(denoise(sched, model_fn, z, num_inference_steps, progress=progress))
 
 
-def widen_from_text_to_image(model: InstructPix2Pix, path: str | os.PathLike) -> InstructPix2Pix:
-    """Load text-to-image :class:`LatentDiffusion` weights into ``model``, widening the UNet's
-    input convolution with zero weights for the source channels (the paper's initialisation).
+def input_convolution(unet: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The UNet's first convolution and its name under ``unet``: MONAI's ``conv_in.conv``, or
+    ``model.conv_in`` of a diffusers UNet behind :class:`~ldmonai.ld.diffusers_backend.DiffusersUNet`."""
+    for name in ("conv_in.conv", "model.conv_in"):
+        try:
+            conv = unet.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(conv, nn.Conv2d):
+            return name, conv
+    raise LdmonaiError(f"cannot find the input convolution of {type(unet).__name__}", None,
+                       "use a MONAI DiffusionModelUNet or a diffusers UNet2DConditionModel")
 
-    Every other tensor must match; the learned tokens and adapters of a scheme are not carried.
-    """
-    from ldmonai.engines.checkpoint import load_state_dict
 
-    state = load_state_dict(path, "text-to-image LD weights")
-    own = model.state_dict()
-    widened = {}
-    for name, value in state.items():
-        target = own.get(name)
-        if target is not None and value.ndim >= 2 and value.shape[0] == target.shape[0] \
-                and value.shape[2:] == target.shape[2:] and 2 * value.shape[1] == target.shape[1]:
-            pad = torch.zeros_like(value)
-            widened[name] = torch.cat([value, pad], 1)
-        else:
-            widened[name] = value
-    try:
-        model.load_state_dict(widened)
-    except RuntimeError as err:
-        raise LdmonaiError(f"the text-to-image weights do not fit ({first_line(err)})", path,
-                           "build the InstructPix2Pix model with the pretrained model's sizes") from None
-    return model
+def is_instruct_pix2pix_state(model: LatentDiffusion, state: dict) -> bool:
+    """Whether ``state`` holds InstructPix2Pix weights for ``model``'s text-to-image architecture:
+    its UNet input convolution takes twice the latent channels."""
+    name, conv = input_convolution(model.unet)
+    weight = state.get(f"unet.{name}.weight")
+    return weight is not None and weight.ndim == 4 and weight.shape[1] == 2 * conv.in_channels
+
+
+@torch.no_grad()
+def from_text_to_image(model: LatentDiffusion, condition_dropout: float = 0.05) -> InstructPix2Pix:
+    """The InstructPix2Pix model that starts as ``model``: the same autoencoder, text encoder,
+    scheduler and recorded δ, and its UNet, whose input convolution is widened to [z_t, E(source)]
+    with zero weights on the source channels (the paper's initialisation)."""
+    if isinstance(model, InstructPix2Pix):
+        return model
+    name, conv = input_convolution(model.unet)
+    c = conv.in_channels
+    wide = nn.Conv2d(2 * c, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+                     bias=conv.bias is not None, padding_mode=conv.padding_mode).to(conv.weight)
+    wide.weight.zero_()
+    wide.weight[:, :c] = conv.weight
+    if conv.bias is not None:
+        wide.bias.copy_(conv.bias)
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.unet.get_submodule(parent), leaf, wide)
+    if hasattr(model.unet, "model"):  # diffusers: the config says what the UNet takes
+        model.unet.model.register_to_config(in_channels=2 * c)
+    else:
+        model.unet.in_channels = 2 * c
+    ip2p = InstructPix2Pix(model.autoencoder, model.unet, model.text_encoder, float(model.scale_factor),
+                           text_dropout=model.text_dropout, condition_dropout=condition_dropout, **model.schedule_args)
+    ip2p.latent_drift.copy_(model.latent_drift)
+    return ip2p.to(conv.weight.device)

@@ -83,6 +83,10 @@ def load_model(model: LatentDiffusion, path: str | os.PathLike | None, scheme: s
         prepare_scheme(model, scheme, token)
     if path:
         state = load_state_dict(path, "LD weights")
+        from ldmonai.ld.instruct_pix2pix import from_text_to_image, is_instruct_pix2pix_state
+
+        if is_instruct_pix2pix_state(model, state):  # InstructPix2Pix weights: widen the model to take them
+            model = from_text_to_image(model)
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
@@ -104,15 +108,19 @@ def finetune_model(model: LatentDiffusion, pretrained_path: str | os.PathLike | 
     return model.to(device)
 
 
-def instruct_pix2pix_model(model, pretrained_path: str | os.PathLike | None, device: str | torch.device = "cpu"):
-    """The InstructPix2Pix model to train: text-to-image weights widened into it, the UNet open
-    (the paper fine-tunes the whole UNet), the autoencoder and the text encoder frozen."""
-    from ldmonai.ld.instruct_pix2pix import widen_from_text_to_image
+def instruct_pix2pix_model(model: LatentDiffusion, pretrained_path: str | os.PathLike | None,
+                           device: str | torch.device = "cpu", condition_dropout: float = 0.05):
+    """The InstructPix2Pix model to train: the text-to-image ``model`` (MONAI, or Stable Diffusion
+    as it loaded) with the text-to-image weights of ``pretrained_path``, widened to take the
+    source (:func:`~ldmonai.ld.instruct_pix2pix.from_text_to_image`); the UNet open (the paper
+    fine-tunes the whole UNet), the autoencoder and the text encoder frozen."""
+    from ldmonai.ld.instruct_pix2pix import from_text_to_image
 
     if pretrained_path:
         from ldmonai.engines.checkpoint import require_checkpoint
 
-        widen_from_text_to_image(model, require_checkpoint(pretrained_path))
+        load_model(model, require_checkpoint(pretrained_path))
+    model = from_text_to_image(model, condition_dropout)
     model.requires_grad_(False)
     model.unet.requires_grad_(True)
     return model.to(device)
