@@ -30,7 +30,7 @@ def test_grid_then_refine_finds_the_matching_delta(tmp_path):
     refine = [r["delta"] for r in result.rows if r["stage"] == "refine"]
     assert len(refine) == 4 and all(0.0 <= d <= 0.1 for d in refine)
     # the refinement step is 0.1 / 5 = 0.02: the best δ is within one step of the truth
-    assert abs(result.best - TRUE_DELTA) <= 0.02 and result.best not in grid
+    assert abs(result.best - TRUE_DELTA) <= 0.02 and result.best not in grid and not result.at_edge
     table, plot = result.write(tmp_path)
     rows = list(csv.DictReader(table.open()))
     assert len(rows) == 13 and [float(r["delta"]) for r in rows] == sorted(float(r["delta"]) for r in rows)
@@ -55,3 +55,10 @@ def test_bad_search_input_is_clear():
         search_delta(_generate, _real(), grid=[0.1], progress=False)
     with pytest.raises(LdmonaiError, match="NaN"):
         search_delta(lambda d: torch.full((2, 1, 8, 8), float("nan")), _real(), progress=False)
+
+
+def test_a_best_delta_at_the_edge_of_the_range_is_flagged(capsys):
+    """True δ = 0.3 lies outside [-0.2, 0.2]: the search can only return the edge, and says so."""
+    result = search_delta(lambda d: _generate(d - 0.3 + TRUE_DELTA), _real(), progress=False)
+    assert result.best == pytest.approx(0.2) and result.at_edge
+    assert "is at the edge of the searched range [-0.2, +0.2]" in capsys.readouterr().out

@@ -60,6 +60,13 @@ class DeltaSearchResult:
     best: float
     rows: list[dict] = field(default_factory=list)  # {"delta", "distance", "stage"}
 
+    @property
+    def at_edge(self) -> bool:
+        """The best δ is the lowest or highest δ evaluated: the curve may still fall beyond the range,
+        so the search did not find a minimum, only a boundary."""
+        deltas = [r["delta"] for r in self.rows]
+        return self.best in (min(deltas), max(deltas))
+
     def write(self, out_dir: str | os.PathLike, name: str = "delta_search") -> tuple[Path, Path]:
         """``<name>.csv`` (δ, distance, stage, best) and ``<name>.png`` (distance against δ)."""
         import matplotlib
@@ -141,4 +148,9 @@ def search_delta(
             evaluate(float(d), "refine")
     bar.close()
     best = min(rows, key=lambda r: r["distance"])["delta"]
-    return DeltaSearchResult(best=best, rows=rows)
+    result = DeltaSearchResult(best=best, rows=rows)
+    if result.at_edge:
+        print(f"ldmonai: warning: the best δ ({best:+.4g}) is at the edge of the searched range [{min(ordered):+.4g}, "
+              f"{max(ordered):+.4g}]: the distance may keep falling beyond it; widen the range (delta_low, delta_high) "
+              "or check the distance (energy does not reward collapse)", flush=True)
+    return result

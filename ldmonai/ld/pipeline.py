@@ -245,7 +245,7 @@ def run_delta_search(model: LatentDiffusion, datalist: str | os.PathLike, out_di
     table, plot = result.write(out_dir)
     grid = delta_grid_image(model, prompt_list[0], sorted({low, 0.0, result.best, high}), latent_size,
                             Path(out_dir) / "delta_grid.png", num_inference_steps=num_inference_steps, seed=seed)
-    summary = {"best_delta": result.best, "table": str(table), "plot": str(plot), "grid": str(grid),
+    summary = {"best_delta": result.best, "at_edge": result.at_edge, "table": str(table), "plot": str(plot), "grid": str(grid),
                "num_samples": num_samples, "num_real": int(real.shape[0]), "distance": distance}
     atomic_write_json(Path(out_dir) / "delta_search.json", summary)
     return summary
