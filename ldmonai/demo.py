@@ -279,7 +279,7 @@ def ld_demo(out: Path, train: bool = False, export: bool = False) -> int:
     status = fam.weights(train, train_steps) or fam.run([
         ("searching delta on the fine-tuned model against the real validation slices (L1)",
          ["--config_file", fam.config("inference.json", "delta_search.json"), "--dataset_dir", brain.parent,
-          "--output_dir", search, "--num_inference_steps", LD_STEPS, "--search_samples", 16, "--num_grid", 9,
+          "--output_dir", search, "--num_inference_steps", LD_STEPS, "--search_samples", 16, "--num_grid", 5,
           "--num_refine", 2])])
     if status:
         return status

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+from monai.networks.nets import DiffusionModelUNet
 
 from ldmonai.data.slice_sets import simulate_atrophy
 from ldmonai.errors import LdmonaiError

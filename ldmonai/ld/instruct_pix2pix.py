@@ -20,14 +20,13 @@ The latent drift δ enters through the scheduler wrapper, as for text-to-image.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from ldmonai.diffusion.sampling import denoise
-from ldmonai.errors import LdmonaiError, first_line
+from ldmonai.errors import LdmonaiError
 from ldmonai.ld.model import LatentDiffusion
 
 __all__ = ["InstructPix2Pix", "from_text_to_image", "input_convolution", "is_instruct_pix2pix_state"]
