@@ -12,7 +12,11 @@ EXAMPLES_CONVERT = """examples:
   ldmonai prep convert /data/dicom /data/nifti
   ldmonai prep convert /data/dicom /data/nifti --workers 2 --no-compress
   ldmonai prep convert /data/dicom /data/nifti --template "{PatientID}/{StudyDate}/{SeriesNumber}_{ProtocolName}"
+  ldmonai prep convert /data/dicom /data/nifti --template "%p_%s" --dcm2niix-args "-m y -ba n"
+  ldmonai prep convert /data/dicom /data/nifti --scheduler local --workers 4
+  ldmonai prep convert /data/dicom /data/nifti --scheduler tcp://head-node:8786
 
+Every series is converted by dcm2niix (the pinned wheel's binary), one call per series.
 Re-running the same command resumes: series whose outputs exist are skipped.
 Exit status: 0 all converted, 1 some series failed (see conversion_report.json), 2 bad arguments.
 """
@@ -34,15 +38,27 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a folder tree of DICOM series to NIfTI + BIDS JSON",
-                       description="Convert every DICOM series below IN_DIR to NIfTI with a BIDS JSON sidecar, "
-                                   "matching dcm2niix's geometry and sidecar fields.",
+                       description="Convert every DICOM series below IN_DIR to NIfTI with a BIDS JSON sidecar. "
+                                   "dcm2niix converts each series (its files are byte for byte those of a dcm2niix "
+                                   "call with the same options); ldmonai adds series-parallel workers, Dask, resume, "
+                                   "names from DICOM tags and a per-series report.",
                        epilog=EXAMPLES_CONVERT, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("in_dir", metavar="IN_DIR", help="folder of DICOM files (any suffix, DICOMDIR trees too)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created if missing)")
     p.add_argument("--template", default=None,
-                   help="output name from DICOM keywords (default: {PatientID}/{SeriesNumber}_{SeriesDescription})")
-    p.add_argument("--workers", type=_positive_int, default=1, help="parallel processes (default: 1)")
+                   help="output name: {Keyword} fields from DICOM tags and dcm2niix's %%-fields "
+                        "(default: {PatientID}/{SeriesNumber}_{SeriesDescription})")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="series converted in parallel: local processes, or LocalCluster workers (default: 1)")
+    p.add_argument("--scheduler", default=None,
+                   help="run on dask.distributed: 'local' (a LocalCluster of --workers processes) or a scheduler "
+                        "address such as tcp://host:8786")
     p.add_argument("--no-compress", action="store_true", help="write .nii instead of .nii.gz")
+    p.add_argument("--ignore-derived", action="store_true",
+                   help="skip derived, localizer and 2D images (dcm2niix -i y)")
+    p.add_argument("--dcm2niix-args", default="",
+                   help="further dcm2niix options for every series, e.g. \"-m y -ba n\"")
+    p.add_argument("--timeout", type=float, default=None, help="seconds one series may take (default: no limit)")
     p.add_argument("--overwrite", action="store_true", help="convert again even where outputs exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_convert)
@@ -61,9 +77,13 @@ def _positive_int(text: str) -> int:
 def _run_convert(args) -> int:
     from ldmonai.prep.dicom import DEFAULT_TEMPLATE, convert_tree
 
+    import shlex
+
     report = convert_tree(args.in_dir, args.out_dir, template=args.template or DEFAULT_TEMPLATE,
                           workers=args.workers, compress=not args.no_compress, overwrite=args.overwrite,
-                          progress=False if args.quiet else None)
+                          progress=False if args.quiet else None, ignore_derived=args.ignore_derived,
+                          engine_args=shlex.split(args.dcm2niix_args), scheduler=args.scheduler,
+                          timeout=args.timeout)
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -88,6 +108,7 @@ def _run_pipeline_args(args, steps) -> int:
     from ldmonai.prep.pipeline import run_pipeline
 
     report = run_pipeline(steps, args.input, args.out_dir, workers=args.workers, resume=not args.overwrite,
+                          scheduler=args.scheduler,
                           participants=getattr(args, "participants", None), progress=False if args.quiet else None)
     print(report.summary())
     return 0 if report.ok else 1
@@ -97,6 +118,9 @@ def _add_batch_args(p, participants: bool = False) -> None:
     p.add_argument("input", metavar="IN", help="image file, folder of images, or datalist JSON")
     p.add_argument("out_dir", metavar="OUT", help="output folder (one sub-folder per case)")
     p.add_argument("--workers", type=_positive_int, default=1, help="cases in parallel (default: 1)")
+    p.add_argument("--scheduler", default=None,
+                   help="run cases on dask.distributed: 'local' (a LocalCluster of --workers processes) or a "
+                        "scheduler address such as tcp://host:8786")
     p.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     if participants:

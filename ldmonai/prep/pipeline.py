@@ -28,13 +28,13 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ldmonai.errors import LdmonaiError, UsageError, first_line
 from ldmonai.io.atomic import atomic_write_csv, atomic_write_json, remove_stale_temps
 from ldmonai.io.names import IMAGE_SUFFIXES, image_stem
+from ldmonai.parallel import completed, task_executor
 from ldmonai.prep.dicom.naming import sanitize_component
 from ldmonai.prep.steps import Case, attach_mask_and_labels, build_step
 
@@ -235,7 +235,7 @@ def write_slice_index(records: list[dict], out_root: Path) -> Path | None:
 
 def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, workers: int = 1,
                  resume: bool = True, participants: str | os.PathLike | None = None,
-                 progress: bool | None = None) -> PrepReport:
+                 progress: bool | None = None, scheduler: str | None = None) -> PrepReport:
     """Run a pipeline over every case of ``source`` into ``out_dir``.
 
     Args:
@@ -246,6 +246,8 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
         resume: skip cases already finished with the same steps.
         participants: BIDS ``participants.tsv`` or CSV; its row is attached to each case's slices.
         progress: progress bar (default: when stderr is a terminal).
+        scheduler: None (local processes), ``"local"`` (a dask.distributed LocalCluster of ``workers``)
+            or a Dask scheduler address; the same :func:`run_case` task runs on each (:mod:`ldmonai.parallel`).
 
     Returns:
         A :class:`PrepReport`; failed cases are listed in it and never raise.
@@ -298,16 +300,10 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
         if bar is not None:
             bar.update(1)
 
-    if workers == 1:
-        _init_worker(threads)
-        for entry, cid, participant in jobs:
-            collect(run_case(config, entry, cid, str(out_root), participant))
-    else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = [pool.submit(run_case, config, entry, cid, str(out_root), participant)
-                       for entry, cid, participant in jobs]
-            for future in as_completed(futures):
-                collect(future.result())
+    with task_executor(workers, scheduler, initializer=_init_worker, initargs=(threads,)) as pool:
+        for result in completed(pool, run_case, [(config, entry, cid, str(out_root), participant)
+                                                  for entry, cid, participant in jobs]):
+            collect(result)
     if bar is not None:
         bar.close()
     records.sort(key=lambda r: r["case"])

@@ -1,4 +1,4 @@
-"""DICOM to NIfTI conversion that matches dcm2niix (see :mod:`.convert`)."""
+"""DICOM to NIfTI conversion on the dcm2niix engine (see :mod:`.convert`)."""
 
 from ldmonai.prep.dicom.convert import REPORT_NAME, ConversionReport, convert_series, convert_tree
 from ldmonai.prep.dicom.naming import DEFAULT_TEMPLATE, render_name, sanitize_component

@@ -1,30 +1,40 @@
-"""Batch DICOM to NIfTI + BIDS JSON conversion: parallel, resumable, never stopped by one bad case.
+"""Batch DICOM to NIfTI + BIDS JSON on the dcm2niix engine: series-parallel, resumable, atomic.
 
-The work happens in three passes: read every file's header (in parallel), group headers into
-series, then stack and write each series (in parallel). A series whose ``.json`` sidecar is
-already present next to its NIfTI is skipped, so re-running after a crash finishes the job.
-Every output is written under a temporary name and renamed, so a killed run leaves no
-partial file under a final name. Inputs are only ever opened for reading.
+Three passes:
+
+1. **index** (:mod:`.index`): read ``SeriesInstanceUID`` and the name template's keywords from
+   every file, in parallel, and group files into series;
+2. **convert** (:func:`.engine.run_series`): one dcm2niix call per series, in local worker
+   processes or on a Dask cluster (:mod:`ldmonai.parallel`), each into a private folder;
+3. **publish** (:func:`.engine.publish`): this process moves each series' files into OUT
+   (``os.replace``), in the index's order so that name clashes resolve the same way every run,
+   then writes the series' done-marker under ``OUT/.ldmonai/done/``.
+
+A re-run skips series whose marker and outputs exist. A failed series is recorded in
+``conversion_report.json`` with its folder, dcm2niix's message and a fix, and the batch goes on.
+Inputs are only read: dcm2niix sees symbolic links to them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ldmonai.errors import LdmonaiError, UsageError
-from ldmonai.io.atomic import atomic_path, atomic_write_json, remove_stale_temps
-from ldmonai.prep.dicom.header import read_header
-from ldmonai.prep.dicom.naming import DEFAULT_TEMPLATE, inside, render_name, template_fields
-from ldmonai.prep.dicom.nifti_writer import write_nifti1
-from ldmonai.prep.dicom.series import Series, drop_duplicates, group_series
+from ldmonai.io.atomic import atomic_write_json
+from ldmonai.parallel import completed, task_executor
+from ldmonai.prep.dicom import engine
+from ldmonai.prep.dicom.index import chunks, group_series, index_chunk, list_files
+from ldmonai.prep.dicom.naming import DEFAULT_TEMPLATE, render_name, template_fields
 
 REPORT_NAME = "conversion_report.json"
+STATE_DIR = ".ldmonai"
 
 
 @dataclass
@@ -33,13 +43,15 @@ class ConversionReport:
 
     input_dir: str
     output_dir: str
+    engine: dict = field(default_factory=dict)
     converted: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: list = field(default_factory=list)
-    duplicates: list = field(default_factory=list)
+    no_output: list = field(default_factory=list)
     files_scanned: int = 0
     files_ignored: int = 0
     seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -47,50 +59,29 @@ class ConversionReport:
 
     @property
     def written(self) -> list[Path]:
-        return [Path(c["nifti"]) for c in self.converted]
+        """Every NIfTI written by this run."""
+        return [Path(p) for c in self.converted for p in c["outputs"] if p.endswith((".nii", ".nii.gz"))]
 
     def to_dict(self) -> dict:
         return {
-            "input_dir": self.input_dir, "output_dir": self.output_dir, "ok": self.ok,
+            "input_dir": self.input_dir, "output_dir": self.output_dir, "ok": self.ok, "engine": self.engine,
             "files_scanned": self.files_scanned, "files_ignored": self.files_ignored,
-            "seconds": round(self.seconds, 3), "converted": self.converted,
-            "skipped": self.skipped, "failed": self.failed, "duplicates": self.duplicates,
+            "seconds": round(self.seconds, 3), "stage_seconds": self.stage_seconds, "converted": self.converted,
+            "skipped": self.skipped, "no_output": self.no_output, "failed": self.failed,
         }
 
     def summary(self) -> str:
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_seconds.items())
         lines = [f"{len(self.converted)} series converted, {len(self.skipped)} already done, "
-                 f"{len(self.failed)} failed; {self.files_scanned} files read "
-                 f"({self.files_ignored} not DICOM images, {len(self.duplicates)} duplicates) in {self.seconds:.2f} s -> {self.output_dir}"]
+                 f"{len(self.no_output)} gave no image (dcm2niix skipped them), {len(self.failed)} failed; "
+                 f"{self.files_scanned} files read ({self.files_ignored} not DICOM images) in {self.seconds:.2f} s "
+                 f"({stages}) -> {self.output_dir}"]
         for f in self.failed:
             lines.append(f"  FAILED {LdmonaiError.from_dict(f)}")
+        for n in self.no_output:
+            why = n["log"][-1] if n["log"] else "dcm2niix wrote nothing (derived or non-image series?)"
+            lines.append(f"  NO IMAGE {n['source']} ({n['files']} files): {why}")
         return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- helpers
-def list_files(in_dir: str | os.PathLike) -> list[str]:
-    """Every regular file below ``in_dir`` (any suffix), sorted for reproducible grouping."""
-    root = Path(in_dir)
-    if not root.exists():
-        raise UsageError("input folder does not exist", root, "check the path")
-    if root.is_file():
-        return [str(root)]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
-    if not out:
-        raise LdmonaiError("input folder is empty", root, "point IN_DIR at a folder that holds DICOM files")
-    return out
-
-
-def _scan_one(path: str):
-    try:
-        return path, read_header(path), None
-    except LdmonaiError as exc:
-        return path, None, exc.to_dict()
-    except Exception as exc:  # never let one odd file stop the batch
-        return path, None, {"path": path, "reason": f"unexpected error reading header: {exc!r}",
-                            "fix": "please report this file's vendor and modality"}
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -98,143 +89,135 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="file" if "read" in desc else "series",
-                file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit="series", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-def _descrip(sidecar: dict) -> bytes:
-    te = sidecar.get("EchoTime")
-    text = f"TE={te * 1000:g};" if isinstance(te, (int, float)) else ""
-    return (text + f"Time={sidecar.get('AcquisitionTime', '')}")[:79].encode("ascii", "replace")
-
-
-def write_nifti(volume, sidecar: dict, nifti_path: Path) -> None:
-    """Write a stacked volume as NIfTI-1 with qform and sform both set to its affine."""
-    tr = sidecar.get("RepetitionTime")
-    with atomic_path(nifti_path) as tmp:
-        write_nifti1(tmp, volume.data, volume.affine, rgb=bool(volume.notes.get("Color")),
-                     tr=float(tr) if isinstance(tr, (int, float)) else None,
-                     slope=volume.slope, intercept=volume.intercept, descrip=_descrip(sidecar))
-
-
-def _convert_one(series: Series, nifti: str, sidecar_path: str) -> dict:
-    from ldmonai.prep.dicom.sidecar import build_sidecar
-    from ldmonai.prep.dicom.volume import stack_series
-
+def _done(marker: Path) -> dict | None:
     try:
-        volume = stack_series(series)
-        sidecar = build_sidecar(series, volume)
-        sidecar["ConversionSourceId"] = series.id
-        write_nifti(volume, sidecar, Path(nifti))
-        atomic_write_json(sidecar_path, sidecar)  # last: its presence marks the series done
-        return {"id": series.id, "nifti": nifti, "sidecar": sidecar_path, "shape": list(volume.data.shape),
-                "files": len(series.headers), "source": series.folder}
-    except LdmonaiError as exc:
-        return {"id": series.id, "error": exc.to_dict()}
-    except MemoryError:
-        return {"id": series.id, "error": {"path": series.folder, "reason": "not enough memory to stack this series",
-                                           "fix": "convert it alone with --workers 1"}}
-    except Exception as exc:
-        return {"id": series.id, "error": {"path": series.folder, "reason": f"unexpected error: {exc!r}",
-                                           "fix": "please report this series' vendor and modality"}}
-
-
-def _already_done(nifti: Path, sidecar: Path, series_id: str) -> bool:
-    if not (nifti.is_file() and sidecar.is_file()):
-        return False
-    try:
-        return json.loads(sidecar.read_text()).get("ConversionSourceId") == series_id
+        record = json.loads(marker.read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return record if all(Path(p).is_file() for p in record.get("outputs", [])) else None
 
 
-def _map(func, items, workers: int, desc: str, show: bool):
-    if workers <= 1 or len(items) <= 1:
-        yield from _progress(map(func, items), len(items), desc, show)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        chunk = max(1, len(items) // (workers * 8))
-        yield from _progress(pool.map(func, items, chunksize=chunk), len(items), desc, show)
-
-
-# ----------------------------------------------------------------------------- entry points
 def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, template: str = DEFAULT_TEMPLATE,
-                 workers: int = 1, compress: bool = True, overwrite: bool = False,
-                 progress: bool | None = None, write_report: bool = True) -> ConversionReport:
-    """Convert every DICOM series below ``in_dir`` into ``out_dir``.
+                 workers: int = 1, compress: bool = True, overwrite: bool = False, progress: bool | None = None,
+                 write_report: bool = True, ignore_derived: bool = False, engine_args: list[str] | None = None,
+                 scheduler: str | None = None, timeout: float | None = None) -> ConversionReport:
+    """Convert every DICOM series below ``in_dir`` into ``out_dir`` with dcm2niix.
 
     Args:
         in_dir: folder tree of DICOM files (any suffix, DICOMDIR trees included), or one file.
-        out_dir: where ``<template>.nii[.gz]`` and ``<template>.json`` are written.
-        template: output name from DICOM keywords; ``/`` makes sub-folders.
-        workers: processes for header reading and conversion.
-        compress: write ``.nii.gz`` (else ``.nii``).
-        overwrite: redo series whose outputs already exist.
-        progress: show progress bars (default: when stderr is a terminal).
+        out_dir: output folder; created only once a series has been found.
+        template: output name: ``{Keyword}`` fields are filled by ldmonai from DICOM tags (sanitised;
+            ``/`` makes sub-folders) and dcm2niix's own ``%`` fields (``%p_%s``) pass through.
+        workers: local processes, or Dask workers with ``scheduler="local"``.
+        compress: ``.nii.gz`` (dcm2niix ``-z y``) or ``.nii`` (``-z n``).
+        overwrite: convert series again even where their outputs exist (old outputs are removed).
+        progress: progress bar (default: when stderr is a terminal).
         write_report: write ``conversion_report.json`` into ``out_dir``.
+        ignore_derived: dcm2niix ``-i y``: skip derived, localizer and 2D images.
+        engine_args: further dcm2niix options, e.g. ``["-m", "y", "-ba", "n"]``.
+        scheduler: None (local), ``"local"`` (a dask.distributed LocalCluster) or a scheduler address.
+        timeout: seconds one series may take before it is recorded as failed.
 
     Returns:
-        A :class:`ConversionReport`; failures never raise, they are listed in it.
+        A :class:`ConversionReport`; failed series are listed in it and never raise.
     """
     start = time.perf_counter()
-    template_fields(template)
+    fields = template_fields(template)
+    opts = engine.options(compress, ignore_derived, engine_args)
     show = sys.stderr.isatty() if progress is None else progress
-    in_root = Path(in_dir)
-    out_root = Path(out_dir)
-    if out_root.resolve() == in_root.resolve() or in_root.resolve() in out_root.resolve().parents:
-        raise LdmonaiError("output folder lies inside the input folder", out_root,
-                           "choose an OUT_DIR outside IN_DIR so that inputs are never touched")
+    in_root, out_root = Path(in_dir), Path(out_dir)
+    if in_root.exists() and (out_root.resolve() == in_root.resolve() or in_root.resolve() in out_root.resolve().parents):
+        raise UsageError("output folder lies inside the input folder", out_root,
+                         "choose an OUT_DIR outside IN_DIR so that inputs are never touched")
     files = list_files(in_root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_root)
-    report = ConversionReport(str(in_root), str(out_root), files_scanned=len(files))
+    report = ConversionReport(str(in_root), str(out_root), files_scanned=len(files),
+                              engine={"name": "dcm2niix", "version": engine.version(), "options": opts})
+    folder_name = (in_root.resolve().parent if in_root.is_file() else in_root.resolve()).name
 
-    headers = []
-    for path, header, error in _map(_scan_one, files, workers, "reading headers", show):
-        if error:
-            report.failed.append(error)
-        elif header is None:
-            report.files_ignored += 1
-        else:
-            headers.append(header)
-    if not headers and not report.failed:
-        raise LdmonaiError(f"no DICOM images among {len(files)} files", in_root,
-                           "check that IN_DIR holds DICOM image files (any suffix is fine)")
+    with task_executor(workers, scheduler) as pool:
+        t = time.perf_counter()
+        records = []
+        for chunk in completed(pool, index_chunk, [(part, fields) for part in chunks(files, 4 * max(1, workers))]):
+            for path, tags, error in chunk:
+                if error:
+                    report.failed.append(error)
+                elif tags is None:
+                    report.files_ignored += 1
+                else:
+                    records.append((path, tags))
+        # dcm2niix takes series in the order of their UID's CRC-32 (nii_dicom_batch.cpp sorts by
+        # seriesUidCrc): publishing in that order gives a clashing name the letter it gets there.
+        series = sorted(group_series(records), key=lambda s: zlib.crc32(s.uid.encode()))
+        report.stage_seconds["index"] = round(time.perf_counter() - t, 3)
+        if not series:
+            report.seconds = time.perf_counter() - start
+            if report.failed:
+                return report  # nothing to convert: OUT is never created
+            raise LdmonaiError(f"no DICOM images among {len(files)} files", in_root,
+                               "check that IN_DIR holds DICOM image files (any suffix is fine)")
 
-    headers, report.duplicates = drop_duplicates(headers)
-    ext = ".nii.gz" if compress else ".nii"
-    jobs, taken = [], set()
-    for series in group_series(headers):
-        name = render_name(template, series.tags, series.suffix)
-        candidate, n = name, 0
-        while candidate in taken:  # two series, one name: keep both, dcm2niix-style
-            n += 1
-            candidate = f"{name}_{chr(ord('a') + n - 1) if n <= 26 else n}"
-        taken.add(candidate)
-        nifti = inside(out_root, candidate + ext)
-        sidecar = inside(out_root, candidate + ".json")
-        if not overwrite and _already_done(nifti, sidecar, series.id):
-            report.skipped.append({"id": series.id, "nifti": str(nifti), "source": series.folder})
-            continue
-        jobs.append((series, str(nifti), str(sidecar)))
+        state = out_root / STATE_DIR
+        (state / "done").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out_root / engine.TMP_DIR, ignore_errors=True)  # left by a killed run
+        jobs = []
+        for s in series:
+            name = render_name(template, s.tags)
+            key = engine.series_key(s.uid, name, opts)
+            marker = state / "done" / f"{key}.json"
+            previous = _done(marker)
+            if previous and not overwrite:
+                report.skipped.append({"id": key, "outputs": previous["outputs"], "source": s.folder})
+                continue
+            if previous and overwrite:
+                for p in previous["outputs"]:
+                    Path(p).unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+            jobs.append({"id": key, "files": s.files, "folder_name": folder_name, "name": name, "options": opts,
+                         "tmp": str(out_root / engine.TMP_DIR / key), "timeout": timeout, "marker": str(marker)})
 
-    for result in _map(_convert_star, jobs, workers, "converting series", show):
-        if "error" in result:
-            report.failed.append(result["error"])
-        else:
-            report.converted.append(result)
+        t = time.perf_counter()
+        by_id = {j["id"]: j for j in jobs}
+        order = [j["id"] for j in jobs]
+        finished: dict[str, dict] = {}
+        tasks = [({k: v for k, v in j.items() if k != "marker"},) for j in jobs]
+        for result in _progress(completed(pool, engine.run_series, tasks), len(tasks), "dcm2niix", show):
+            finished[result["id"]] = result
+            while order and order[0] in finished:  # publish in index order: name clashes resolve reproducibly
+                _publish(finished.pop(order[0]), by_id[order.pop(0)], out_root, report)
+        report.stage_seconds["convert"] = round(time.perf_counter() - t, 3)
+    shutil.rmtree(out_root / engine.TMP_DIR, ignore_errors=True)
     report.seconds = time.perf_counter() - start
     if write_report:
         atomic_write_json(out_root / REPORT_NAME, report.to_dict())
     return report
 
 
-def _convert_star(job):
-    return _convert_one(*job)
+def _publish(result: dict, job: dict, out_root: Path, report: ConversionReport) -> None:
+    if "error" in result:
+        report.failed.append(result["error"])
+        return
+    if not result["outputs"]:
+        entry = {"id": result["id"], "source": result["source"], "files": result["files"], "log": result["log"]}
+        if result["returncode"] not in (0, 2):  # 2: dcm2niix found no image it converts (e.g. -i y)
+            reason = result["log"][-1] if result["log"] else f"dcm2niix exited with {result['returncode']}"
+            report.failed.append({"path": result["source"], "reason": f"dcm2niix: {reason}",
+                                  "fix": "check the series (dcm2niix's message above); convert it alone with "
+                                         "dcm2niix -v y to see more"})
+        else:
+            report.no_output.append(entry)
+        shutil.rmtree(job["tmp"], ignore_errors=True)
+        return
+    outputs = engine.publish(result, Path(job["tmp"]), out_root)
+    atomic_write_json(job["marker"], {"id": result["id"], "outputs": outputs, "source": result["source"]})
+    report.converted.append({"id": result["id"], "outputs": outputs, "source": result["source"],
+                             "files": result["files"], "seconds": result["seconds"], "log": result["log"]})
 
 
 def convert_series(in_dir: str | os.PathLike, out_dir: str | os.PathLike, **kwargs) -> list[Path]:
-    """Convert a folder (or one file) and return the NIfTI paths written.
+    """Convert a folder (or one file) and return the NIfTI paths written or already there.
 
     Series that fail are listed in ``out_dir/conversion_report.json``; if nothing at all
     could be converted an :class:`LdmonaiError` names the first failure.
@@ -243,4 +226,5 @@ def convert_series(in_dir: str | os.PathLike, out_dir: str | os.PathLike, **kwar
     if report.failed and not report.converted and not report.skipped:
         first = report.failed[0]
         raise LdmonaiError(f"no series converted; first failure: {first['reason']}", first["path"], first.get("fix"))
-    return report.written + [Path(s["nifti"]) for s in report.skipped]
+    skipped = [Path(p) for s in report.skipped for p in s["outputs"] if p.endswith((".nii", ".nii.gz"))]
+    return report.written + skipped

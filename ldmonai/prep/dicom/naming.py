@@ -17,6 +17,7 @@ from ldmonai.errors import LdmonaiError, UsageError
 
 DEFAULT_TEMPLATE = "{PatientID}/{SeriesNumber}_{SeriesDescription}"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+_UNSAFE_LITERAL = re.compile(r"[^A-Za-z0-9._=+%-]+")  # a template's own text may hold dcm2niix fields
 MAX_COMPONENT = 120
 
 
@@ -53,19 +54,26 @@ def template_fields(template: str) -> list[str]:
 
 
 def render_name(template: str, tags: dict, suffix: str = "") -> str:
-    """Relative output path (no extension) for a series with ``tags``."""
+    """Relative output path (no extension) for a series with ``tags``.
+
+    ``{Keyword}`` fields are filled from ``tags``, each value sanitised on its own (so a tag can
+    never bring a ``/``, ``..`` or a dcm2niix ``%`` field); the template's literal text keeps
+    ``%``, which leaves dcm2niix's own fields (``%p``, ``%s``, ...) for dcm2niix to fill.
+    """
     template_fields(template)
     parts = []
     for part in template.split("/"):
-        values = {}
-        for _, name, _, _ in string.Formatter().parse(part):
+        text = ""
+        for literal, name, _, _ in string.Formatter().parse(part):
+            text += _UNSAFE_LITERAL.sub("_", literal)
             if name:
                 value = tags.get(name)
                 if isinstance(value, tuple):
                     value = "_".join(str(v) for v in value)
-                values[name] = "unknown" if value in (None, "") else str(value)
-        parts.append(sanitize_component(part.format(**values)))
-    parts[-1] = sanitize_component(parts[-1] + suffix)
+                text += sanitize_component("unknown" if value in (None, "") else value)
+        parts.append(text.strip("._- ")[:MAX_COMPONENT] or "unknown")
+    if suffix:
+        parts[-1] = sanitize_component(parts[-1] + suffix)
     return "/".join(parts)
 
 
