@@ -46,6 +46,7 @@ def tools(in_dir: Path) -> dict:
         "dicom2nifti": [sys.executable, "-c", DICOM2NIFTI, str(in_dir), "{out}"],
         "ldmonai (1 worker)": ldmonai + ["--workers", "1"],
         "ldmonai (2 workers)": ldmonai + ["--workers", "2"],
+        "ldmonai (2, adjacent)": ldmonai + ["--workers", "2", "--adjacent"],
     }
 
 

@@ -59,6 +59,9 @@ def _add_convert(sub) -> None:
     p.add_argument("--dcm2niix-args", default="",
                    help="further dcm2niix options for every series, e.g. \"-m y -ba n\"")
     p.add_argument("--timeout", type=float, default=None, help="seconds one series may take (default: no limit)")
+    p.add_argument("--adjacent", action="store_true",
+                   help="assume every series lies in one folder (dcm2niix -a y): one call per folder, no header "
+                        "pass over every file; faster on large trees")
     p.add_argument("--overwrite", action="store_true", help="convert again even where outputs exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_convert)
@@ -83,7 +86,7 @@ def _run_convert(args) -> int:
                           workers=args.workers, compress=not args.no_compress, overwrite=args.overwrite,
                           progress=False if args.quiet else None, ignore_derived=args.ignore_derived,
                           engine_args=shlex.split(args.dcm2niix_args), scheduler=args.scheduler,
-                          timeout=args.timeout)
+                          timeout=args.timeout, adjacent=args.adjacent)
     print(report.summary())
     return 0 if report.ok else 1
 

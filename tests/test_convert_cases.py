@@ -353,3 +353,13 @@ def test_dask_local_cluster_converts_the_nih_set_like_dcm2niix(tmp_path, dcm_qa_
     again = convert_tree(dcm_qa_nih / "In", tmp_path / "out", template="%p_%s", compress=False, workers=2,
                          scheduler="local", progress=False)
     assert len(again.skipped) == 8 and not again.converted
+
+
+def test_adjacent_mode_converts_the_nih_set_like_dcm2niix(tmp_path, dcm_qa_nih):
+    """--adjacent (dcm2niix's -a y assumption: one folder per series) skips the header pass and
+    still writes dcm2niix's files byte for byte where the assumption holds."""
+    ref = _direct(dcm_qa_nih / "In", tmp_path / "direct", "-f", "%p_%s")
+    report = convert_tree(dcm_qa_nih / "In", tmp_path / "out", template="%p_%s", compress=False, workers=2,
+                          adjacent=True, progress=False)
+    assert report.ok and len(report.converted) == 8, report.summary()
+    assert _tree(tmp_path / "out") == ref

@@ -259,3 +259,28 @@ def test_cli_prep_commands(small_mni, tmp_path, capsys):
         main(["prep", "register", "--help"])
     assert exit_info.value.code == 0
     assert "--labels" in capsys.readouterr().out
+
+
+def test_pipeline_runs_on_a_dask_local_cluster_like_local_workers(small_mni, tmp_path):
+    """`ldmonai prep run --scheduler local`: the same case task on a real distributed.LocalCluster
+    (2 worker processes on loopback) writes the same files as the local process pool, goes on past
+    a bad case, and resumes."""
+    pytest.importorskip("distributed")
+    src = tmp_path / "in"
+    src.mkdir()
+    image = read_image(small_mni[0])
+    write_image(image, src / "sub-01_T1w.nii.gz")
+    write_image(sitk.Flip(image, [True, False, False]), src / "sub-02_T1w.nii.gz")
+    (src / "sub-03_T1w.nii.gz").write_bytes(b"\x1f\x8b not really a gzip file")
+    config = [{"step": "reorient"}, {"step": "resample", "spacing": 4.0}, {"step": "normalize"}]
+    local = run_pipeline(config, src, tmp_path / "local", workers=2, progress=False)
+    dask = run_pipeline(config, src, tmp_path / "dask", workers=2, scheduler="local", progress=False)
+    assert dask.done == local.done == ["sub-01_T1w", "sub-02_T1w"]
+    assert [f["case"] for f in dask.failed] == ["sub-03_T1w"]
+    for case in dask.done:
+        a = nib.load(tmp_path / "local" / case / f"{case}_image.nii.gz")
+        b = nib.load(tmp_path / "dask" / case / f"{case}_image.nii.gz")
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        np.testing.assert_array_equal(a.affine, b.affine)
+    again = run_pipeline(config, src, tmp_path / "dask", workers=2, scheduler="local", progress=False)
+    assert again.skipped == ["sub-01_T1w", "sub-02_T1w"] and not again.done

@@ -1,8 +1,8 @@
 """dcm2niix as the conversion engine: one call per series, outputs published atomically.
 
-Each task hands dcm2niix the files of one series (symbolic links in a private folder that
-carries the input folder's name, so that ``%f`` in a name means what it means in a call on the
-whole tree) and an output folder of its own. dcm2niix then writes exactly the files it writes
+Each task hands dcm2niix the files of one series (a list file, in a private folder that carries
+the input folder's name, so that ``%f`` in a name means what it means in a call on the whole
+tree) and an output folder of its own. dcm2niix then writes exactly the files it writes
 for that series in a call on the whole tree with the same options: every vendor rule, every
 ``_e2``, ``_ph``, ``_Tilt_1``, ``_Eq_1``, ``_ADC`` variant and every sidecar field is its own.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -46,9 +45,14 @@ def binary() -> str:
 
 
 def version() -> str:
-    """``v1.0.20260724``-style version string of the engine."""
-    out = subprocess.run([binary(), "--version"], capture_output=True, text=True, errors="replace")
-    return next((w for w in (out.stdout + out.stderr).split() if w.startswith("v1.")), "unknown")
+    """Version of the engine, from the wheel's metadata (no process start)."""
+    try:
+        import dcm2niix
+
+        return f"v{dcm2niix.__version__}"
+    except (ImportError, AttributeError):
+        out = subprocess.run([binary(), "--version"], capture_output=True, text=True, errors="replace")
+        return next((w for w in (out.stdout + out.stderr).split() if w.startswith("v1.")), "unknown")
 
 
 def options(compress: bool = True, ignore_derived: bool = False, extra: list[str] | None = None) -> list[str]:
@@ -92,15 +96,16 @@ def run_series(job: dict) -> dict:
     start = time.perf_counter()
     tmp = Path(job["tmp"])
     shutil.rmtree(tmp, ignore_errors=True)
-    src = tmp / "in" / job["folder_name"]
+    # dcm2niix reads a list of files from a .txt input in single-file mode (-s y); %f is then the
+    # name of the list's folder, which carries the input root's name as in a call on the tree.
+    listing = tmp / "in" / job["folder_name"] / "files.txt"
     dst = tmp / "out"
-    src.mkdir(parents=True)
+    listing.parent.mkdir(parents=True)
     dst.mkdir()
     folder = os.path.commonpath([os.path.dirname(f) for f in job["files"]])
     try:
-        for i, f in enumerate(job["files"]):  # links keep the tree's sorted order and never touch inputs
-            os.symlink(os.path.abspath(f), src / f"{i:06d}_{os.path.basename(f)}")
-        cmd = [binary(), *job["options"], "-f", job["name"], "-o", str(dst), str(src)]
+        listing.write_text("".join(os.path.abspath(f) + "\n" for f in job["files"]))
+        cmd = [binary(), *job["options"], "-s", "y", "-f", job["name"], "-o", str(dst), str(listing)]
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", preexec_fn=die_with_parent,
                               timeout=job.get("timeout"))
     except subprocess.TimeoutExpired:
@@ -110,9 +115,7 @@ def run_series(job: dict) -> dict:
         return {"id": job["id"], "error": {"path": folder, "reason": f"could not run dcm2niix ({exc})",
                                            "fix": "check that OUT_DIR is writable and dcm2niix is installed"}}
     outputs = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
-    link = re.compile(re.escape(str(src)) + r"/(\d{6})_[^\s:,]+")
-    log = [link.sub(lambda m: job["files"][int(m.group(1))], line.strip())  # name the input, not the link
-           for line in (proc.stdout + proc.stderr).splitlines()
+    log = [line.strip() for line in (proc.stdout + proc.stderr).splitlines()
            if line.startswith(("Error", "Warning", "Unsupported")) or "rror:" in line]
     return {"id": job["id"], "outputs": outputs, "returncode": proc.returncode, "log": log,
             "seconds": round(time.perf_counter() - start, 3), "source": folder, "files": len(job["files"])}

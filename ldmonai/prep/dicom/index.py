@@ -138,6 +138,30 @@ def index_chunk(paths: list[str], keywords: list[str]) -> list[tuple[str, dict |
     return out
 
 
+def index_folders(folders: list[tuple[str, list[str]]], keywords: list[str]) -> list[tuple]:
+    """The ``adjacent`` index: ``(folder, DICOM files, tags of the first, error)`` per folder.
+
+    dcm2niix's ``-a y`` assumption (every series lies in one folder) makes a header pass over every
+    file unnecessary: a file counts by its first 132 bytes, and only the first of each folder is read
+    (for the name template's ``{Keyword}`` fields).
+    """
+    tags = keyword_tags(list(dict.fromkeys([*BASE_KEYS, *keywords])))
+    out = []
+    for folder, paths in folders:
+        dicom = [p for p in paths if looks_like_dicom(p)]
+        first, error = None, None
+        for path in dicom:
+            try:
+                first = read_index_tags(path, tags)
+            except LdmonaiError as exc:
+                error = exc.to_dict()
+                continue
+            if first is not None:
+                break
+        out.append((folder, dicom, first, error))
+    return out
+
+
 @dataclass
 class SeriesFiles:
     """The files of one DICOM series (one SeriesInstanceUID) and the tags its name is built from."""
