@@ -1,17 +1,16 @@
 """Read chosen top-level elements of a DICOM file straight from its bytes.
 
-Conversion needs about fifty plain elements per file and the offset of the pixel data. pydicom
-builds a full Dataset on the way, about 1.5 ms per GE EPI slice, whose header holds ~700
-elements. That was 70 % of a conversion of the dcm_qa_nih inputs, and importing pydicom (with
-its decoder plugins) took as long as dcm2niix's whole run. This module walks the element
-stream once, keeps the raw bytes of the wanted tags and decodes only those: about 0.1 ms per
-file, with no import beyond the standard library.
+The series index (:mod:`.index`) needs a handful of plain elements per file. pydicom builds a
+full Dataset on the way, about 1 ms per GE EPI slice, whose header holds ~700 elements, and
+importing it (with its decoder plugins) takes as long as dcm2niix's whole run on the dcm_qa_nih
+inputs. This module walks the element stream once, keeps the raw bytes of the wanted tags and
+decodes only those: about 0.15 ms per file, with no import beyond the standard library.
 
 It covers what scanners write: a Part 10 file (preamble and ``DICM``) in little-endian
 explicit or implicit VR, with any pixel encoding. Everything else (deflated or big-endian
 data sets, files without a preamble, a character set other than ASCII, Latin-1 or UTF-8, a
 value it cannot parse) raises :class:`Unsupported`, and callers read that file with pydicom.
-The two readers agree element for element; ``tests/test_convert_elements.py`` checks that on
+The two readers agree element for element; ``tests/test_convert_index.py`` checks that on
 real and on generated files.
 """
 
@@ -22,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 
 # keyword -> (tag, VR) for every element the converter reads by name. Generated from
-# pydicom's data dictionary; tests/test_convert_elements.py checks it against that.
+# pydicom's data dictionary; tests/test_convert_index.py checks it against that.
 KEYWORDS = {
     "MediaStorageSOPClassUID": (0x00020002, "UI"),
     "TransferSyntaxUID": (0x00020010, "UI"),
