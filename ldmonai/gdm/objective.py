@@ -38,8 +38,11 @@ class FeatureDriftLoss(nn.Module):
     Generated and real tokens of one set are pooled over the batch and over locations into
     one distribution per set; ``global*`` sets (one token per volume) are matched over the
     batch and skipped when the batch holds a single volume, since one sample is no
-    distribution. Large sets are subsampled to ``max_tokens``, at the same locations for
-    both sides.
+    distribution. The ``spatial`` set keeps its positions: each location is its own
+    distribution across the batch (the reference computes its drift per location across
+    samples), so a generated volume is pulled toward what real volumes hold *at that place*;
+    it too needs two or more volumes. Large pooled sets are subsampled to ``max_tokens``, at
+    the same locations for both sides.
 
     Args:
         feature_bank: the bank; its encoder is frozen.
@@ -60,7 +63,10 @@ class FeatureDriftLoss(nn.Module):
         losses, rms = {}, []
         for name, x in x_bank.items():
             y = y_bank[name]
-            x, y = x.reshape(1, -1, x.shape[-1]), y.reshape(1, -1, y.shape[-1])
+            if name == "spatial":  # (B, L, C) -> L independent sets of B samples
+                x, y = x.transpose(0, 1), y.transpose(0, 1)
+            else:
+                x, y = x.reshape(1, -1, x.shape[-1]), y.reshape(1, -1, y.shape[-1])
             if x.shape[1] < 2:
                 continue
             if x.shape[1] > self.max_tokens:
