@@ -371,6 +371,34 @@ def _add_bundle(top) -> None:
     p.set_defaults(func=_run_pack)
 
 
+def _run_score(args) -> int:
+    from ldmonai.gdm.score import score_folder
+
+    report = score_folder(args.pred_dir, args.gt_dir, args.out, require_all=args.all)
+    print(report.text())
+    print(f"scores: {(args.out or args.pred_dir)}/scores.csv and scores.json")
+    return 0 if report.cases and not report.failed else 1
+
+
+def _add_gdm(top) -> None:
+    sub = _command_group(top, "gdm", "GDM tools that run without the network",
+                         "Tools for GDM's synthetic CTs.", "action")
+    p = sub.add_parser(
+        "score", help="score a folder of synthetic CTs with the official SynthRAD2025 metrics",
+        description="MAE, PSNR and MS-SSIM of every case, as the SynthRAD2025 evaluation computes them, for "
+                    "predictions that already exist (no network is run).",
+        epilog="examples:\n  ldmonai gdm score predictions/ ground_truth/      # ground_truth/{ct,mask}/<id>.mha\n"
+               "  ldmonai gdm score runs/gdm/eval data/Task1          # <id>_sct files and the data layout\n\n"
+               "Exit status: 0 every prediction scored, 1 some failed (or none found), 2 bad paths.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pred_dir", metavar="PRED_DIR", help="predictions <id>.mha (or <id>_sct.mha/.nii.gz)")
+    p.add_argument("gt_dir", metavar="GT_DIR", help="ct/<id>.mha and mask/<id>.mha, or <id>/ct.mha and mask.mha")
+    p.add_argument("--out", help="folder for scores.csv and scores.json (default: PRED_DIR)")
+    p.add_argument("--all", action="store_true",
+                   help="every ground-truth case must have a prediction (a challenge submission); else missing ones are listed")
+    p.set_defaults(func=_run_score)
+
+
 def _run_demo(args) -> int:
     from ldmonai.demo import run_demo
 
@@ -400,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data(top)
     _add_bundle(top)
+    _add_gdm(top)
 
     demo = top.add_parser("demo", help="run the main job on the embedded sample data",
                           description="Convert and preprocess the sample DICOM data that ships with the installed "

@@ -15,11 +15,11 @@ from scipy import ndimage
 
 from ldmonai.errors import LdmonaiError
 from ldmonai.gdm.ct_physics import Projector, attenuation_to_hu, hu_to_attenuation
-from ldmonai.gdm.hu import HU_MIN, hu_to_unit, unit_to_hu
+from ldmonai.gdm.hu import hu_to_unit, unit_to_hu
 from ldmonai.io.names import source_name
 
 logger = logging.getLogger("ldmonai")
-__all__ = ["CheckCTPaird", "FillOutsideBodyd", "SparseViewd", "body_mask"]
+__all__ = ["CheckCTPaird", "SparseViewd", "body_mask"]
 
 
 def body_mask(image: np.ndarray) -> np.ndarray:
@@ -113,32 +113,6 @@ class CheckCTPaird(MapTransform):
             d[self.mask_key] = MetaTensor(mask, meta=dict(getattr(ref, "meta", {}))) if isinstance(ref, MetaTensor) else torch.from_numpy(mask)
         else:
             self._same_grid(d, self.mask_key, case)
-        return d
-
-
-class FillOutsideBodyd(MapTransform):
-    """Set the generated CT to air outside the body of its input image.
-
-    The fidelity loss is masked (as SynthRAD evaluates inside the mask), so nothing teaches
-    the generator what lies outside the body and its values there are arbitrary. SynthRAD's
-    evaluation sets them to -1024 HU; a written synthetic CT should show the same air, or it
-    overlays as noise in a viewer.
-
-    Args:
-        keys: generated CT keys, in HU.
-        image_key: the input (MR or FBP) whose :func:`body_mask` decides the body.
-        value: what goes outside, -1024 HU by default.
-    """
-
-    def __init__(self, keys="pred", image_key: str = "image", value: float = HU_MIN) -> None:
-        super().__init__(keys)
-        self.image_key, self.value = image_key, value
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        body = torch.from_numpy(body_mask(np.asarray(d[self.image_key][0], dtype=np.float32)))
-        for key in self.key_iterator(d):
-            d[key] = torch.where(body.to(d[key].device)[None], d[key], torch.full_like(d[key], self.value))
         return d
 
 
