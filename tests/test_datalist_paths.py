@@ -94,3 +94,25 @@ def test_generated_slices_carry_the_template_geometry(tmp_path):
     # the datalist of `ldmonai data brain-slices` carries that affine for the bundle's inference
     path = make_brain_slices(tmp_path / "brain", num_slices=2, size=size)
     np.testing.assert_allclose(datalist_slice_affine(path), template_slice_affine(size), atol=1e-5)
+
+
+def test_a_synthrad_folder_is_split_for_inference_as_for_training(tmp_path, caplog):
+    """inference.json's input_split on a folder: the test cases are those training held out, and a
+    region too small for a test case gets one (or a warning where it cannot)."""
+    from ldmonai.data import find_images
+
+    for region, n in (("HN", 10), ("TH", 2), ("AB", 1)):
+        for i in range(n):
+            case = tmp_path / "Task1" / region / f"1{region}{i:03d}"
+            case.mkdir(parents=True)
+            for name in ("mr.mha", "ct.mha"):
+                (case / name).write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        split = synthrad_datalist(tmp_path / "Task1", val_fraction=0.2, test_fraction=0.2)
+    test = sorted(e["case"] for e in split["test"])
+    assert test == ["1HN008", "1HN009", "1TH001"]  # TH (2 patients) still gets one test case
+    assert "region AB has 1 patient(s): no validation or test case" in caplog.text
+    found = find_images(tmp_path / "Task1", "test", fractions=(0.2, 0.2))
+    assert sorted(Path(e["image"]).parent.name for e in found) == test
+    assert len(find_images(tmp_path / "Task1", "all", fractions=(0.2, 0.2))) == 13
+    assert len(find_images(tmp_path / "Task1", "test")) == 13  # no fractions: every case, as before

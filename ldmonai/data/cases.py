@@ -7,6 +7,7 @@ are skipped, so re-running the same command resumes an interrupted run.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -18,11 +19,16 @@ from ldmonai.errors import LdmonaiError, UsageError, first_line
 from ldmonai.io.atomic import atomic_write_json
 from ldmonai.io.names import IMAGE_SUFFIXES, case_stem, image_stem
 
+logger = logging.getLogger(__name__)
 
-def find_images(source: str | os.PathLike, split: str = "test", key: str = "image") -> list[dict]:
+
+def find_images(source: str | os.PathLike, split: str = "test", key: str = "image",
+                fractions: tuple[float, float] | None = None) -> list[dict]:
     """Cases from a datalist JSON (its ``split``), a single image file, or a folder of images.
 
-    Folders are listed in sorted order, never in the filesystem's order.
+    Folders are listed in sorted order, never in the filesystem's order. A folder in the
+    SynthRAD layout (``<region>/<patient>/mr.mha``) is split like training splits it when
+    ``fractions`` (validation, test) are given: ``split`` picks one part (``"all"``: every case).
     """
     source = Path(source)
     if source.is_file() and source.suffix.lower() == ".json":
@@ -35,6 +41,16 @@ def find_images(source: str | os.PathLike, split: str = "test", key: str = "imag
             # SynthRAD-style patient folders: <region>/<patient>/mr.mha (or cbct.mha)
             files = sorted(p for p in source.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
                            and image_stem(p).lower() in ("mr", "cbct"))
+            if files and fractions is not None and split != "all":
+                from ldmonai.data.synthrad import synthrad_datalist
+
+                kind = image_stem(files[0]).lower()
+                parts = synthrad_datalist(source, val_fraction=fractions[0], test_fraction=fractions[1], source=kind)
+                if split not in parts:
+                    raise UsageError(f"unknown split {split!r}", source, f"use one of {sorted(parts)} or 'all'")
+                logger.info("%s: the %r split of the SynthRAD folder, %d of %d cases", source, split,
+                            len(parts[split]), len(files))
+                files = [Path(e["image"]) for e in parts[split]]
         if not files:
             raise LdmonaiError(
                 "folder holds no images", source, f"put images with one of {', '.join(IMAGE_SUFFIXES)} in it"
@@ -124,6 +140,7 @@ def inference_cases(
     resume: bool = True,
     key: str = "image",
     spatial_dims: int | None = None,
+    fractions: tuple[float, float] | None = None,
 ) -> list[dict]:
     """The cases still to run, after dropping bad inputs and finished outputs.
 
@@ -133,11 +150,12 @@ def inference_cases(
         output_postfixes: a case is done when ``<stem>_<postfix><ext>`` exists for all of them.
         resume: skip finished cases.
         spatial_dims: skip images of another dimensionality than the model's.
+        fractions: (validation, test) fractions that split a SynthRAD folder as training did.
 
     Raises:
         LdmonaiError: no input at all, or every case is unreadable.
     """
-    cases = find_images(source, split, key)
+    cases = find_images(source, split, key, fractions)
     output_dir = Path(output_dir)
     todo, skipped, done = [], [], 0
     for case in cases:

@@ -7,14 +7,35 @@ by region and id, and the fractions are taken in that order, never from a listin
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
 from ldmonai.errors import LdmonaiError, UsageError
 
+logger = logging.getLogger(__name__)
+
 REGIONS = ("HN", "TH", "AB")
 __all__ = ["REGIONS", "paired_datalist", "synthrad_datalist"]
+
+
+def _split_sizes(n: int, val_fraction: float, test_fraction: float, region: str) -> tuple[int, int]:
+    """Validation and test counts of a region of ``n`` patients. A split asked for gets at least
+    one patient while training keeps one; where that is impossible, a warning says so (a small
+    region silently without test cases would bias every per-region score)."""
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    if test_fraction > 0 and n_test == 0 and n - n_val >= 2:
+        n_test = 1
+    if val_fraction > 0 and n_val == 0 and n - n_test >= 2:
+        n_val = 1
+    short = [name for name, frac, count in (("validation", val_fraction, n_val), ("test", test_fraction, n_test))
+             if frac > 0 and count == 0]
+    if short:
+        logger.warning("SynthRAD region %s has %d patient(s): no %s case from it (training keeps one)",
+                       region, n, " or ".join(short))
+    return n_val, n_test
 
 
 def synthrad_datalist(
@@ -58,8 +79,7 @@ def synthrad_datalist(
                     entry[key] = str(patient / name)
             cases.append(entry)
         found = found or bool(cases)
-        n_test = int(round(len(cases) * test_fraction))
-        n_val = int(round(len(cases) * val_fraction))
+        n_val, n_test = _split_sizes(len(cases), val_fraction, test_fraction, region)
         n_train = len(cases) - n_val - n_test
         splits["training"] += cases[:n_train]
         splits["validation"] += cases[n_train : n_train + n_val]
