@@ -92,6 +92,27 @@ def test_inference_writes_sct_on_the_mr_grid(phantoms):
     before = sct_mtime = (out / f"{name}_sct.nii.gz").stat().st_mtime_ns
     monai_bundle("run", "--config_file", CONFIGS / "inference.json", "--bundle_root", phantoms, "--input", data, "--output_dir", out)
     assert (out / f"{name}_sct.nii.gz").stat().st_mtime_ns == before == sct_mtime
+    # a folder input runs the test split only, as training held it out
+    ids = sorted(Path(e["image"].meta["filename_or_obj"]).parent.name for e in test)
+    assert sorted(p.name.split("_")[0] for p in out.glob("*_sct.nii.gz")) == ids
+    # the official naming, <id>.mha, scored without the network: the same numbers as the NIfTI outputs
+    official = phantoms / "official"
+    monai_bundle("run", "--config_file", CONFIGS / "inference.json", "--bundle_root", phantoms, "--input", data,
+                 "--output_dir", official, "--synthrad_naming", "true")
+    assert sorted(p.name for p in official.glob("*.mha")) == [f"{i}.mha" for i in ids]
+    from ldmonai.gdm.score import score_folder
+    from ldmonai.metrics import image_metrics
+
+    scores = {c["id"]: c for c in score_folder(official, data).cases}
+    assert sorted(scores) == ids
+    for e in test:
+        pid = Path(e["image"].meta["filename_or_obj"]).parent.name
+        nii = np.asarray(nib.load(out / f"{pid}_sct.nii.gz").dataobj).transpose(2, 1, 0)  # RAS (x, y, z) -> ITK (z, y, x)
+        ct = sitk.GetArrayFromImage(sitk.ReadImage(e["label"].meta["filename_or_obj"]))
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(e["mask"].meta["filename_or_obj"]))
+        ref = image_metrics(ct, nii, mask, names=("mae", "psnr"))
+        assert scores[pid]["mae"] == pytest.approx(ref["mae"], rel=1e-6)
+        assert scores[pid]["psnr"] == pytest.approx(ref["psnr"], rel=1e-6)
 
 
 def test_sparse_view_ct_beats_fbp(phantoms):

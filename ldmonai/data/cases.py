@@ -147,7 +147,8 @@ def inference_cases(
     Args:
         source: image file, folder or datalist JSON.
         output_dir: where outputs go; ``skipped_cases.json`` is written there.
-        output_postfixes: a case is done when ``<stem>_<postfix><ext>`` exists for all of them.
+        output_postfixes: a case is done when ``<stem>_<postfix><ext>`` exists for all of them
+            (``<stem><ext>`` for an empty postfix).
         resume: skip finished cases.
         spatial_dims: skip images of another dimensionality than the model's.
         fractions: (validation, test) fractions that split a SynthRAD folder as training did.
@@ -160,7 +161,7 @@ def inference_cases(
     todo, skipped, done = [], [], 0
     for case in cases:
         stem = case_stem(case[key])
-        if resume and all((output_dir / f"{stem}_{p}{output_ext}").exists() for p in output_postfixes):
+        if resume and all((output_dir / f"{stem}{'_' + p if p else ''}{output_ext}").exists() for p in output_postfixes):
             done += 1
             continue
         problem = _problem(case[key], spatial_dims)
