@@ -4,8 +4,9 @@ Three passes:
 
 1. **index** (:mod:`.index`): read ``SeriesInstanceUID`` and the name template's keywords from
    every file, in parallel, and group files into series;
-2. **convert** (:func:`.engine.run_series`): one dcm2niix call per series, in local worker
-   processes or on a Dask cluster (:mod:`ldmonai.parallel`), each into a private folder;
+2. **convert** (:func:`.engine.run_series`): one dcm2niix call per series, driven by local
+   threads (dcm2niix runs in its own processes) or on a Dask cluster (:mod:`ldmonai.parallel`),
+   each into a private folder;
 3. **publish** (:func:`.engine.publish`): this process moves each series' files into OUT
    (``os.replace``), in the index's order so that name clashes resolve the same way every run,
    then writes the series' done-marker under ``OUT/.ldmonai/done/``.
@@ -17,12 +18,14 @@ Inputs are only read: dcm2niix sees symbolic links to them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from ldmonai.prep.dicom.index import SeriesFiles, chunks, group_series, index_ch
 from ldmonai.prep.dicom.naming import DEFAULT_TEMPLATE, render_name, template_fields
 
 REPORT_NAME = "conversion_report.json"
+INDEX_PROCESSES_FROM = 5000  # files; below this, forking index workers costs more than it saves
 STATE_DIR = ".ldmonai"
 
 
@@ -142,7 +146,11 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, template
                               engine={"name": "dcm2niix", "version": engine.version(), "options": opts})
     folder_name = (in_root.resolve().parent if in_root.is_file() else in_root.resolve()).name
 
-    with task_executor(workers, scheduler) as pool:
+    # Local runs: the index is Python work, in processes only when it is big enough to pay for them;
+    # the conversion is dcm2niix's work in its own processes, so threads drive it (no fork, no
+    # pickling). A Dask scheduler runs both stages on its workers.
+    index_workers = workers if (scheduler or len(files) >= INDEX_PROCESSES_FROM) else 1
+    with task_executor(index_workers, scheduler) as pool, _series_pool(pool, workers, scheduler) as series_pool:
         t = time.perf_counter()
         if adjacent:
             series = _folder_units(pool, files, fields, workers, report)
@@ -192,7 +200,7 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, template
         order = [j["id"] for j in jobs]
         finished: dict[str, dict] = {}
         tasks = [({k: v for k, v in j.items() if k != "marker"},) for j in jobs]
-        for result in _progress(completed(pool, engine.run_series, tasks), len(tasks), "dcm2niix", show):
+        for result in _progress(completed(series_pool, engine.run_series, tasks), len(tasks), "dcm2niix", show):
             finished[result["id"]] = result
             while order and order[0] in finished:  # publish in index order: name clashes resolve reproducibly
                 _publish(finished.pop(order[0]), by_id[order.pop(0)], out_root, report)
@@ -202,6 +210,16 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, template
     if write_report:
         atomic_write_json(out_root / REPORT_NAME, report.to_dict())
     return report
+
+
+@contextlib.contextmanager
+def _series_pool(pool, workers: int, scheduler: str | None):
+    """The executor of the conversion stage (see convert_tree)."""
+    if scheduler or workers <= 1:
+        yield pool
+        return
+    with ThreadPoolExecutor(max_workers=workers) as threads:
+        yield threads
 
 
 def _folder_units(pool, files: list[str], fields: list[str], workers: int, report: ConversionReport) -> list:
