@@ -20,10 +20,9 @@ The Dask paths use ``Client.get_executor()``, dask.distributed's own
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import signal
 import sys
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, as_completed
 from typing import Callable, Iterable, Iterator
 
 from ldmonai.errors import UsageError
@@ -37,6 +36,8 @@ def die_with_parent() -> None:
     """
     if not sys.platform.startswith("linux"):
         return
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
@@ -97,6 +98,8 @@ def task_executor(workers: int = 1, scheduler: str | None = None, initializer: C
             initializer(*initargs)
         yield InlineExecutor()
         return
+    from concurrent.futures import ProcessPoolExecutor  # imports multiprocessing: only when needed
+
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(initializer, initargs)) as pool:
         yield pool
 
