@@ -307,6 +307,7 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
     if bar is not None:
         bar.close()
     records.sort(key=lambda r: r["case"])
+    report.done.sort()  # workers finish in any order; the report lists cases in one
     write_slice_index(records, out_root)
     report.seconds = time.perf_counter() - start
     atomic_write_json(out_root / REPORT_NAME, report.to_dict())
