@@ -199,8 +199,8 @@ def test_gdm_returns_hu_volume_on_input_grid(server, case, tmp_path):
     assert sct.get_data_dtype() == np.int16  # as the bundle's own SaveImaged writes it
     values = np.asarray(sct.dataobj, dtype=np.float32)
     assert np.isfinite(values).all() and values.min() >= -1024 and values.max() <= 3071, (values.min(), values.max())
-    if case == "head_c":  # air around the head: the generator's output is replaced by -1024 HU there
-        assert values[0, 0, 0] == -1024 and values[-1, -1, -1] == -1024
+    # No air is painted outside a guessed body mask any more (FillOutsideBodyd missed the skull and made
+    # the written file score worse than the evaluate step); outside the body the values are the generator's.
     # The bundle folder stays clean: previews are a bundle-run extra, not a server side effect.
     assert not list((server["app"] / "model" / "gdm_mri2ct").rglob("*.png"))
 
