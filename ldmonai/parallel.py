@@ -20,6 +20,7 @@ The Dask paths use ``Client.get_executor()``, dask.distributed's own
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from concurrent.futures import Executor, Future, as_completed
@@ -79,6 +80,11 @@ def task_executor(workers: int = 1, scheduler: str | None = None, initializer: C
             raise UsageError("--scheduler needs dask.distributed, which is not installed",
                              fix="pip install 'ldmonai[dask]'") from None
         with contextlib.ExitStack() as stack:
+            # distributed writes OMP_NUM_THREADS=1 (and MKL, OpenBLAS, PYTHONHASHSEED, ...) into this
+            # process's environment for its workers; restored afterwards, or every later subprocess
+            # (a bundle run, for one) would silently run single-threaded with other numerics.
+            saved = dict(os.environ)
+            stack.callback(lambda: (os.environ.clear(), os.environ.update(saved)))
             if scheduler == "local":
                 cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                            host="127.0.0.1", dashboard_address=None))

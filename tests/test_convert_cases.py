@@ -346,8 +346,11 @@ def test_dask_local_cluster_converts_the_nih_set_like_dcm2niix(tmp_path, dcm_qa_
     """A real distributed.LocalCluster with 2 worker processes on loopback."""
     pytest.importorskip("distributed")
     ref = _direct(dcm_qa_nih / "In", tmp_path / "direct", "-f", "%p_%s")
+    environ = dict(os.environ)
     report = convert_tree(dcm_qa_nih / "In", tmp_path / "out", template="%p_%s", compress=False, workers=2,
                           scheduler="local", progress=False)
+    # distributed sets OMP_NUM_THREADS=1 and more for its workers; later subprocesses must not inherit it
+    assert dict(os.environ) == environ
     assert report.ok and len(report.converted) == 8, report.summary()
     assert _tree(tmp_path / "out") == ref
     again = convert_tree(dcm_qa_nih / "In", tmp_path / "out", template="%p_%s", compress=False, workers=2,
