@@ -29,19 +29,31 @@ from typing import Callable, Iterable, Iterator
 from ldmonai.errors import UsageError
 
 
+def _load_prctl():
+    """libc's ``prctl``, looked up once in the parent: ``die_with_parent`` also runs as a
+    ``preexec_fn`` between fork and exec, where importing a module or calling ``dlopen`` can
+    deadlock on a lock that another thread (the threads that drive dcm2niix) held at fork time."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
 def die_with_parent() -> None:
     """Have the kernel send SIGKILL to this process when its parent exits (Linux; else a no-op).
 
     Used as the worker initialiser and as ``preexec_fn`` of engine subprocesses, so that a
     killed command takes its whole process tree with it.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _worker_init(initializer: Callable | None, initargs: tuple) -> None:
