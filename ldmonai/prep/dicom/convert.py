@@ -192,7 +192,7 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, template
                 for p in previous["outputs"]:
                     Path(p).unlink(missing_ok=True)
             marker.unlink(missing_ok=True)
-            jobs.append({"id": key, "files": s.files, "folder_name": folder_name, "name": name, "options": opts,
+            jobs.append({"id": key, "files": s.files, "source": s.folder, "folder_name": folder_name, "name": name, "options": opts,
                          "tmp": str(out_root / engine.TMP_DIR / key), "timeout": timeout, "marker": str(marker)})
 
         t = time.perf_counter()

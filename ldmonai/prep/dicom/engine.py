@@ -85,7 +85,8 @@ def run_series(job: dict) -> dict:
     """Convert one series with dcm2niix into ``job["tmp"]/out``; never raises.
 
     Args:
-        job: ``id``, ``files`` (paths), ``folder_name`` (the input root's name, for ``%f``),
+        job: ``id``, ``files`` (paths), ``source`` (their common folder, for reports),
+            ``folder_name`` (the input root's name, for ``%f``),
             ``name`` (the ``-f`` template), ``options``, ``tmp`` (a private folder inside OUT),
             ``timeout`` (seconds or None).
 
@@ -102,7 +103,7 @@ def run_series(job: dict) -> dict:
     dst = tmp / "out"
     listing.parent.mkdir(parents=True)
     dst.mkdir()
-    folder = os.path.commonpath([os.path.dirname(f) for f in job["files"]])
+    folder = job["source"]
     try:
         listing.write_text("".join(os.path.abspath(f) + "\n" for f in job["files"]))
         cmd = [binary(), *job["options"], "-s", "y", "-f", job["name"], "-o", str(dst), str(listing)]
