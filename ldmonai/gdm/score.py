@@ -26,17 +26,10 @@ from pathlib import Path
 
 from ldmonai.errors import LdmonaiError, UsageError
 from ldmonai.io.atomic import atomic_write_csv, atomic_write_json
+from ldmonai.io.names import image_stem
 
 METRICS = ("mae", "psnr", "ms_ssim")
-IMAGE_SUFFIXES = (".mha", ".nii.gz", ".nii", ".nrrd")
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+IMAGE_SUFFIXES = (".mha", ".nii.gz", ".nii", ".nrrd")  # volumes only: PNG previews sit beside predictions
 
 
 def ground_truth(gt_dir: str | os.PathLike) -> dict[str, tuple[Path, Path | None]]:
@@ -47,9 +40,9 @@ def ground_truth(gt_dir: str | os.PathLike) -> dict[str, tuple[Path, Path | None
     if (root / "ct").is_dir():
         cases = {}
         for ct in sorted(p for p in (root / "ct").iterdir() if p.name.endswith(IMAGE_SUFFIXES)):
-            mask = next((root / "mask" / f"{_stem(ct)}{s}" for s in IMAGE_SUFFIXES
-                         if (root / "mask" / f"{_stem(ct)}{s}").is_file()), None)
-            cases[_stem(ct)] = (ct, mask)
+            mask = next((root / "mask" / f"{image_stem(ct)}{s}" for s in IMAGE_SUFFIXES
+                         if (root / "mask" / f"{image_stem(ct)}{s}").is_file()), None)
+            cases[image_stem(ct)] = (ct, mask)
         return cases
     cases = {ct.parent.name: (ct, ct.parent / "mask.mha" if (ct.parent / "mask.mha").is_file() else None)
              for ct in sorted(root.rglob("ct.mha"))}
@@ -67,7 +60,7 @@ def predictions(pred_dir: str | os.PathLike, ids) -> dict[str, Path]:
     files = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
     found = {}
     for path in files:
-        stem = _stem(path)
+        stem = image_stem(path)
         for candidate in (stem, stem.removesuffix("_sct"), stem[-7:]):
             if candidate in ids and candidate not in found:
                 found[candidate] = path
