@@ -141,3 +141,26 @@ def test_the_walker_keeps_top_level_elements_only(tmp_path):
         elements = read_elements(fh, frozenset({KEYWORDS["ImagePositionPatient"][0]}))
     assert KEYWORDS["ImagePositionPatient"][0] not in elements.raw
     assert elements.pixel is not None and elements.pixel[0] == 0x7FE00010
+
+
+def test_the_index_stops_after_its_last_wanted_tag(tmp_path):
+    """The index stops at the first element past its last wanted tag, so a Siemens slice cut inside
+    its CSA header (group 0x0029, after SeriesInstanceUID) still yields pydicom's series UID from the
+    whole file, while the full walk reports the cut."""
+    src = shared_path("dcm_qa_nih", "In", "20180918Si", "mr_0003")
+    first = sorted(src.glob("*.dcm"))[0]
+    data = first.read_bytes()
+    cut = data.index(b"\x29\x00\x10\x00") + 6  # inside the CSA private creator element
+    (tmp_path / "cut.dcm").write_bytes(data[:cut])
+    uid = KEYWORDS["SeriesInstanceUID"][0]
+    expected = pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID
+    with open(tmp_path / "cut.dcm", "rb") as fh:
+        stopped = read_elements(fh, frozenset({uid}), stop_after_wanted=True)
+    assert stopped.value(uid) == expected and stopped.pixel is None
+    with open(tmp_path / "cut.dcm", "rb") as fh:
+        try:
+            read_elements(fh, frozenset({uid}))
+        except Exception as exc:  # noqa: BLE001 - asserted by name below
+            assert type(exc).__name__ == "Truncated"
+        else:
+            raise AssertionError("the full walk read past the cut")
