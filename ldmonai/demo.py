@@ -8,13 +8,14 @@ preprocessed (RAS, 1 mm, z-score, axial slices).
 Then each model bundle runs its inference through ``python -m monai.bundle run``:
 
 - LDSeg segments held-out MNI152 tissue samples with uncertainty maps;
-- GDM synthesises CT for held-out MR/CT head phantoms;
+- GDM synthesises CT for held-out MR/CT head phantoms, and reconstructs their CT from 36
+  simulated views (sparse-view CT: FBP, then the one-step generator);
 - LD searches the latent drift δ against real MNI152 slices and generates slices at the δ found.
 
 The weights are the bundles' ``tiny`` presets, trained by ``ldmonai demo --train`` with each
 bundle's own train config and shipped as ``bundles/<name>/models/demo_tiny.pt`` (a few MB each,
 with a manifest that records the sha256 and the exact training runs). ``--train`` retrains them
-from scratch (about 9 minutes on 2 cores); ``--train --export-weights`` replaces the shipped
+from scratch (about 11 minutes on 2 cores); ``--train --export-weights`` replaces the shipped
 files. ``demo_out/overview.png`` puts the results side by side.
 """
 
@@ -34,6 +35,7 @@ from ldmonai.prep.dicom import convert_tree
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 SHIPPED = "demo_tiny.pt"
+SHIPPED_SVCT = "demo_svct_tiny.pt"  # the GDM bundle's second task, sparse-view CT
 
 
 def sample_sources() -> list[tuple[Path, str]]:
@@ -111,9 +113,9 @@ def state_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def shipped_weights(bundle: str) -> Path | None:
-    """The bundle's shipped demo weights, checked against their manifest; None where none ship."""
-    path = BUNDLES / bundle / "models" / SHIPPED
+def shipped_weights(bundle: str, name: str = SHIPPED) -> Path | None:
+    """The bundle's shipped demo weights ``name``, checked against their manifest; None where none ship."""
+    path = BUNDLES / bundle / "models" / name
     manifest = path.with_suffix(".json")
     if not path.is_file() or not manifest.is_file():
         return None
@@ -135,9 +137,10 @@ class _Family:
     """One bundle in the demo: its data, its training runs and its inference runs, all through
     ``python -m monai.bundle run`` exactly as a user would type them."""
 
-    def __init__(self, label: str, bundle: str, out: Path):
-        self.label, self.bundle = label, bundle
+    def __init__(self, label: str, bundle: str, out: Path, shipped: str = SHIPPED, model: str = "models/model.pt"):
+        self.label, self.bundle, self.shipped = label, bundle, shipped
         self.root = out / bundle
+        self.model = self.root / model  # where the bundle's train config writes its weights
         self.configs = BUNDLES / bundle / "configs"
 
     def config(self, *names: str) -> str:
@@ -158,7 +161,7 @@ class _Family:
     def weights(self, train: bool, train_steps: list[tuple[str, list]]) -> int:
         """Train with the bundle's train config, or install the shipped tiny weights as models/model.pt."""
         try:
-            shipped = shipped_weights(self.bundle)
+            shipped = shipped_weights(self.bundle, self.shipped)
         except LdmonaiError:
             if not train:
                 raise
@@ -170,7 +173,7 @@ class _Family:
             if status == 0 and shipped is not None:
                 self.compare(shipped)
             return status
-        target = self.root / "models" / "model.pt"
+        target = self.model
         if not target.is_file():
             _copy(shipped, target)
         print(f"{self.label}: shipped tiny weights {shipped} (`ldmonai demo --train` retrains them)", flush=True)
@@ -178,7 +181,7 @@ class _Family:
 
     def compare(self, shipped: Path) -> bool:
         """Whether this run's weights equal the shipped ones, tensor for tensor; printed either way."""
-        same = state_digest(self.root / "models" / "model.pt") == json.loads(shipped.with_suffix(".json").read_text())["state_sha256"]
+        same = state_digest(self.model) == json.loads(shipped.with_suffix(".json").read_text())["state_sha256"]
         print(f"{self.label}: the trained weights are {'identical to' if same else 'not identical to'} the shipped "
               f"{shipped.name}" + ("" if same else " (other hardware, thread count or library versions change the "
                                                      "arithmetic; see the manifest for the ones used)"), flush=True)
@@ -192,12 +195,12 @@ class _Family:
         from ldmonai import __version__
         from ldmonai.io.atomic import atomic_write_json
 
-        target = BUNDLES / self.bundle / "models" / SHIPPED
-        _copy(self.root / "models" / "model.pt", target)
+        target = BUNDLES / self.bundle / "models" / self.shipped
+        _copy(self.model, target)
         relative = [[what, [str(a).replace(str(self.root), "<demo_out>/" + self.bundle).replace(str(BUNDLES), "bundles")
                             for a in args]] for what, args in train_steps]
         atomic_write_json(target.with_suffix(".json"), {
-            "file": SHIPPED, "sha256": _sha256(target), "state_sha256": state_digest(target),
+            "file": self.shipped, "sha256": _sha256(target), "state_sha256": state_digest(target),
             "bytes": target.stat().st_size,
             "produced_by": "ldmonai demo --train --export-weights",
             "bundle_runs": relative,
@@ -252,6 +255,32 @@ def gdm_demo(out: Path, train: bool = False, export: bool = False) -> int:
     return status
 
 
+def svct_demo(out: Path, train: bool = False, export: bool = False) -> int:
+    """Tiny GDM for sparse-view CT: the held-out phantom CT volumes are projected over 36 views,
+    reconstructed by FBP, and corrected by the one-step generator (configs/svct_inference.json)."""
+    from ldmonai.data import make_mr_ct_phantoms, synthrad_datalist, write_datalist
+
+    fam = _Family("GDM-SVCT", "gdm", out, shipped=SHIPPED_SVCT, model="models/svct/model.pt")
+    if not (fam.root / "data" / "Task1").is_dir():
+        make_mr_ct_phantoms(fam.root / "data", num_cases=10, size=48, seed=0)
+    data = fam.root / "data" / "datalist.json"
+    write_datalist(data, synthrad_datalist(fam.root / "data", val_fraction=0.2, test_fraction=0.2))
+    train_steps = [("training tiny sparse-view GDM on the phantom CTs (36-view FBP in, CT out; 60 epochs, about "
+                    "2 minutes on 2 cores)",
+                    ["--config_file", fam.config("train.json", "svct.json"), "--dataset_dir", data, "--epochs", 60,
+                     "--val_interval", 30])]
+    status = fam.weights(train, train_steps) or fam.run([
+        ("reconstructing the test CTs from 36 simulated views (FBP, then GDM)",
+         ["--config_file", fam.config("inference.json", "svct_inference.json"), "--input", data,
+          "--output_dir", fam.root / "svct"])])
+    if status == 0:
+        if export:
+            fam.export(train_steps)
+        print(f"SVCT weights: {fam.model}\n"
+              f"GDM and FBP reconstructions (HU, on each CT's grid) and PNG previews: {fam.root / 'svct'}")
+    return status
+
+
 LD_STEPS = 20  # DDIM steps in the demo's LD runs; the bundle's default is 50
 
 
@@ -301,6 +330,7 @@ def ld_demo(out: Path, train: bool = False, export: bool = False) -> int:
 
 FAMILIES = (("LDSeg: tissue segmentation with uncertainty", ldseg_demo),
             ("GDM: MR-to-CT synthesis", gdm_demo),
+            ("GDM: sparse-view CT from a CT volume", svct_demo),
             ("LD: latent drift search and generation", ld_demo))
 
 # The preprocessing stage's pipeline (the same steps as configs/prep/brain_t1.yaml, without the

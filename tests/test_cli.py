@@ -69,9 +69,9 @@ def test_demo_runs_every_stage_from_a_relative_out_dir(tmp_path):
     res = run("demo", "--out-dir", "demo", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     demo = tmp_path / "demo"
-    for k in range(1, 7):  # a progress line with the wall time of each of the six stages
-        assert re.search(rf"^\[{k}/6\] .+: [0-9.]+ s$", res.stdout, re.M), res.stdout
-    assert res.stdout.count("shipped tiny weights") == 3, res.stdout
+    for k in range(1, 8):  # a progress line with the wall time of each of the seven stages
+        assert re.search(rf"^\[{k}/7\] .+: [0-9.]+ s$", res.stdout, re.M), res.stdout
+    assert res.stdout.count("shipped tiny weights") == 4, res.stdout
     # 1. the four real scans of the pydicom wheel, each a series with a sidecar
     assert len(list((demo / "nifti").glob("*/*.nii.gz"))) == 4
     # 2. skull-stripping: an adult brain volume, on the input's grid
@@ -96,6 +96,20 @@ def test_demo_runs_every_stage_from_a_relative_out_dir(tmp_path):
         pred = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(path)), ct))
         ref, body = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(sitk.ReadImage(str(case / "mask.mha"))) > 0
         assert np.abs(pred - ref)[body].mean() < np.abs(ref)[body].mean(), path
+    # 4b. sparse-view CT from the held-out CT volumes: on each CT's grid, and closer to it than its FBP
+    from ldmonai.metrics import image_metrics
+
+    for case in ("HPH008", "HPH009"):
+        folder = demo / "gdm" / "data" / "Task1" / "HN" / case
+        ct = sitk.ReadImage(str(folder / "ct.mha"))
+        ref, body = sitk.GetArrayFromImage(ct).astype(float), sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "mask.mha")))
+        psnr = {}
+        for kind in ("fbp", "svct"):
+            out = sitk.ReadImage(str(demo / "gdm" / "svct" / f"{case}_{kind}.nii.gz"))
+            assert out.GetSize() == ct.GetSize() and np.allclose(out.GetOrigin(), ct.GetOrigin(), atol=1e-3)
+            psnr[kind] = image_metrics(ref, sitk.GetArrayFromImage(out).astype(float), body, names=("psnr",))["psnr"]
+        assert psnr["svct"] > psnr["fbp"] + 1.0, (case, psnr)
+        assert (demo / "gdm" / "svct" / f"{case}_preview.png").is_file()
     # 5. LD: slices are generated at 0 and, by default, at the δ the shipped weights were trained with
     ld = demo / "ld_slice_generator"
     import torch
@@ -110,14 +124,15 @@ def test_demo_runs_every_stage_from_a_relative_out_dir(tmp_path):
     # resume: a second run skips what is done (tested per stage: convert, prep run, bundle inference)
 
 
-@pytest.mark.parametrize("bundle", ["ldseg", "gdm", "ld_slice_generator"])
-def test_shipped_demo_weights_match_their_manifest(bundle):
+@pytest.mark.parametrize("bundle,name", [("ldseg", "demo_tiny.pt"), ("gdm", "demo_tiny.pt"), ("gdm", "demo_svct_tiny.pt"),
+                                         ("ld_slice_generator", "demo_tiny.pt")])
+def test_shipped_demo_weights_match_their_manifest(bundle, name):
     import torch
 
     from ldmonai.demo import shipped_weights, state_digest
 
-    path = shipped_weights(bundle)
-    assert path is not None, f"bundles/{bundle}/models/demo_tiny.pt or its manifest is missing"
+    path = shipped_weights(bundle, name)
+    assert path is not None, f"bundles/{bundle}/models/{name} or its manifest is missing"
     manifest = json.loads(path.with_suffix(".json").read_text())
     # produced by the bundle's own train config, as the manifest records
     assert any("configs/train.json" in arg for _, args in manifest["bundle_runs"] for arg in args), manifest

@@ -23,12 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 def find_images(source: str | os.PathLike, split: str = "test", key: str = "image",
-                fractions: tuple[float, float] | None = None) -> list[dict]:
+                fractions: tuple[float, float] | None = None, stems: Sequence[str] = ("mr", "cbct")) -> list[dict]:
     """Cases from a datalist JSON (its ``split``), a single image file, or a folder of images.
 
     Folders are listed in sorted order, never in the filesystem's order. A folder in the
     SynthRAD layout (``<region>/<patient>/mr.mha``) is split like training splits it when
     ``fractions`` (validation, test) are given: ``split`` picks one part (``"all"``: every case).
+    ``stems`` names the image taken from each patient folder (``("ct",)`` for sparse-view CT).
     """
     source = Path(source)
     if source.is_file() and source.suffix.lower() == ".json":
@@ -40,7 +41,7 @@ def find_images(source: str | os.PathLike, split: str = "test", key: str = "imag
         if not files:
             # SynthRAD-style patient folders: <region>/<patient>/mr.mha (or cbct.mha)
             files = sorted(p for p in source.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
-                           and image_stem(p).lower() in ("mr", "cbct"))
+                           and image_stem(p).lower() in stems)
             if files and fractions is not None and split != "all":
                 from ldmonai.data.synthrad import synthrad_datalist
 
@@ -141,6 +142,7 @@ def inference_cases(
     key: str = "image",
     spatial_dims: int | None = None,
     fractions: tuple[float, float] | None = None,
+    stems: Sequence[str] = ("mr", "cbct"),
 ) -> list[dict]:
     """The cases still to run, after dropping bad inputs and finished outputs.
 
@@ -152,11 +154,12 @@ def inference_cases(
         resume: skip finished cases.
         spatial_dims: skip images of another dimensionality than the model's.
         fractions: (validation, test) fractions that split a SynthRAD folder as training did.
+        stems: the image of each SynthRAD patient folder (see :func:`find_images`).
 
     Raises:
         LdmonaiError: no input at all, or every case is unreadable.
     """
-    cases = find_images(source, split, key, fractions)
+    cases = find_images(source, split, key, fractions, stems)
     output_dir = Path(output_dir)
     todo, skipped, done = [], [], 0
     for case in cases:

@@ -51,14 +51,15 @@ def synthrad_datalist(
         root: the ``Task1`` folder (or its parent).
         regions: anatomical regions to include; missing regions are skipped.
         val_fraction, test_fraction: per region, taken from the end of the sorted patients.
-        source: the input image's stem (``mr`` for Task 1, ``cbct`` for Task 2).
+        source: the input image's stem (``mr`` for Task 1, ``cbct`` for Task 2, ``ct`` for
+            sparse-view CT, whose input is the CT itself).
 
     Entries hold ``image`` (the source), ``label`` (``ct.mha``; absent for inference-only
     folders), ``mask`` where present (the checks fall back to a body mask otherwise),
     ``case`` and ``region``.
     """
     root = Path(root).resolve()  # absolute: the entries must not depend on the working directory
-    if (root / "Task1").is_dir() and source == "mr":
+    if (root / "Task1").is_dir() and source in ("mr", "ct"):
         root = root / "Task1"
     if not root.is_dir():
         raise UsageError("SynthRAD folder not found", root, "pass the Task1 folder that holds HN/, TH/ or AB/")

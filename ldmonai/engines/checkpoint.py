@@ -64,9 +64,9 @@ def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def require_checkpoint(path: str | os.PathLike, bundle: str | None = None) -> str:
-    """``path`` if it exists; else the shipped ``demo_tiny.pt`` (beside ``path``, or that of
-    ``bundles/<bundle>/models/`` when ``path`` is the configs' default ``<bundle_root>/models/model.pt``),
+def require_checkpoint(path: str | os.PathLike, bundle: str | None = None, demo: str = "demo_tiny.pt") -> str:
+    """``path`` if it exists; else the shipped demo weights ``demo`` (beside ``path``, or those of
+    ``bundles/<bundle>/models/`` when ``path`` is a config's default ``<bundle_root>/models/[<task>/]model.pt``),
     with a one-line notice on stderr; else a clear error saying how
     to produce the weights.
 
@@ -81,12 +81,14 @@ def require_checkpoint(path: str | os.PathLike, bundle: str | None = None) -> st
 
     if Path(path).is_file():
         return str(path)
-    demo = Path(path).with_name("demo_tiny.pt")
-    default = Path(path).name == "model.pt" and Path(path).parent.name == "models"  # the configs' own default
+    name = demo
+    demo = Path(path).with_name(name)
+    # the configs' own defaults: models/model.pt, or models/<task>/model.pt (GDM's svct)
+    default = Path(path).name == "model.pt" and "models" in (Path(path).parent.name, Path(path).parent.parent.name)
     if not demo.is_file() and bundle is not None and default:
         from ldmonai.demo import BUNDLES
 
-        demo = BUNDLES / bundle / "models" / "demo_tiny.pt"
+        demo = BUNDLES / bundle / "models" / name
     if demo.is_file():
         print(f"ldmonai: note: {path} not found; using the shipped tiny demo weights {demo} "
               "(train the bundle, or pass --ckpt_path, to use others)", file=sys.stderr, flush=True)

@@ -139,16 +139,24 @@ class DriftingLoss(nn.Module):
         temperatures: the taus that are summed, relative to the mean distance; Deng et al. use
             (0.02, 0.05, 0.2).
         eps: floor of the RMS, so that a vanishing drift is not blown up into noise.
+        distance_unit: ``"mean"`` (the reference: the kernel sees ``d / mean d``) or
+            ``"sqrt_channels"``, ldmonai's kernel before 2026-12-03 (the kernel sees the normalised
+            distance of mean ``sqrt(C)``, a temperature ``sqrt(C)`` times colder). The second exists
+            only so that ``benchmarks/gdm.py --ablation`` can measure what the fix changed.
 
     Shapes: ``x_feat`` ``(G, N, C)`` generated (with grad), ``y_feat`` ``(G, P, C)`` real; the G
     sets are independent. Returns a scalar; the mean squared drift per element, which is what
     the network is asked to remove.
     """
 
-    def __init__(self, temperatures: Sequence[float] = (0.02, 0.05, 0.2), eps: float = 1e-4) -> None:
+    def __init__(self, temperatures: Sequence[float] = (0.02, 0.05, 0.2), eps: float = 1e-4,
+                 distance_unit: str = "mean") -> None:
         super().__init__()
         if not temperatures or any(t <= 0 for t in temperatures):
             raise ValueError(f"temperatures must be positive, got {temperatures}")
+        if distance_unit not in ("mean", "sqrt_channels"):
+            raise ValueError(f"distance_unit must be 'mean' or 'sqrt_channels', got {distance_unit!r}")
+        self.distance_unit = distance_unit
         self.temperatures = tuple(float(t) for t in temperatures)
         self.eps = eps
         # The loss value is ~constant by construction (unit-RMS drift); the raw RMS before
@@ -160,7 +168,7 @@ class DriftingLoss(nn.Module):
         x_n, y_n = normalize_features(x_feat, y_feat.detach())
         with torch.no_grad():
             xd = x_n.detach()
-            scale = distance_scale(xd, y_n)
+            scale = distance_scale(xd, y_n) if self.distance_unit == "mean" else 1.0
             total = torch.zeros_like(xd)
             raw = []
             for tau in self.temperatures:

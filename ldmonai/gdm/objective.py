@@ -48,12 +48,14 @@ class FeatureDriftLoss(nn.Module):
         feature_bank: the bank; its encoder is frozen.
         temperatures: kernel temperatures summed in the drift.
         max_tokens: tokens per set at most (the kernel matrix is quadratic in it).
+        distance_unit: see :class:`~ldmonai.gdm.drift_field.DriftingLoss` (``"mean"``, the reference).
     """
 
-    def __init__(self, feature_bank: FeatureBank, temperatures: Sequence[float] = (0.02, 0.05, 0.2), max_tokens: int = 2048) -> None:
+    def __init__(self, feature_bank: FeatureBank, temperatures: Sequence[float] = (0.02, 0.05, 0.2), max_tokens: int = 2048,
+                 distance_unit: str = "mean") -> None:
         super().__init__()
         self.bank = feature_bank
-        self.drift = DriftingLoss(temperatures)
+        self.drift = DriftingLoss(temperatures, distance_unit=distance_unit)
         self.max_tokens = max_tokens
 
     def forward(self, generated: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

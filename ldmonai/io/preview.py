@@ -142,27 +142,65 @@ def ct_window(slice2d: np.ndarray, lo: float = -1000.0, hi: float = 1500.0) -> n
     return np.repeat((scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
+def translation_figure(path: str | os.PathLike, tiles: Sequence[tuple[str, np.ndarray, str]], suptitle: str = "") -> None:
+    """A labelled row of slices: ``(title, (H, W) slice, kind)`` per panel, where kind is ``grey``
+    (robust window, no unit), ``hu`` (the fixed CT window, a HU colour bar) or ``error`` (absolute
+    error in HU, 0 to 500, a colour bar). Written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tiles), figsize=(2.6 * len(tiles), 3.0), squeeze=False)
+    for ax, (title, image, kind) in zip(axes[0], tiles):
+        if kind == "hu":
+            im = ax.imshow(image, cmap="gray", vmin=-1000, vmax=1500)
+        elif kind == "error":
+            im = ax.imshow(image, cmap="inferno", vmin=0, vmax=500)
+        else:
+            finite = image[np.isfinite(image)]
+            lo, hi = np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0)
+            im = ax.imshow(image, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-8))
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+        if kind in ("hu", "error"):
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).set_label("HU" if kind == "hu" else "|error| HU", fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 class SaveTranslationPreviewd:
-    """Dictionary transform: write ``<stem>_preview.png``: input | generated CT | reference CT
-    (when present) | absolute error (when present), CT in a fixed HU window.
+    """Dictionary transform: write ``<stem>_preview.png``, a labelled figure of the middle slice:
+    input | generated CT | reference CT (when present) | absolute error (when present, with the
+    case's MAE over the slice in its title), CT panels in a fixed HU window with colour bars.
 
     Args:
         output_dir: where the PNGs go.
         image_key, pred_key, label_key: input, generated and reference (both HU) keys.
+        input_is_ct: the input is a CT in HU (sparse-view CT: its FBP), shown in the CT window.
+        titles: the four panel titles.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, image_key: str = "image", pred_key: str = "pred", label_key: str = "label") -> None:
+    def __init__(self, output_dir: str | os.PathLike, image_key: str = "image", pred_key: str = "pred", label_key: str = "label",
+                 input_is_ct: bool = False, titles: Sequence[str] = ("MR (input)", "synthetic CT", "CT (reference)", "|sCT - CT|")) -> None:
         self.output_dir = os.fspath(output_dir)
         self.image_key, self.pred_key, self.label_key = image_key, pred_key, label_key
+        self.input_is_ct, self.titles = input_is_ct, tuple(titles)
 
     def __call__(self, data: dict) -> dict:
         image = data[self.image_key]
         meta = getattr(image, "meta", {}) or {}
         stem = case_stem(str(meta.get("filename_or_obj", "case")))
-        pred = middle_slice(data[self.pred_key])
-        tiles = [grey(middle_slice(image)), ct_window(pred)]
+        pred = middle_slice(data[self.pred_key]).astype(np.float64)
+        tiles = [(self.titles[0], middle_slice(image).astype(np.float64), "hu" if self.input_is_ct else "grey"),
+                 (self.titles[1], pred, "hu")]
         if hasattr(data.get(self.label_key), "shape"):
-            ref = middle_slice(data[self.label_key])
-            tiles += [ct_window(ref), heat(np.abs(pred - ref), vmax=500.0)]
-        save_png(os.path.join(self.output_dir, f"{stem}_preview.png"), panel(tiles))
+            ref = middle_slice(data[self.label_key]).astype(np.float64)
+            error = np.abs(pred - ref)
+            tiles += [(self.titles[2], ref, "hu"), (f"{self.titles[3]} (mean {error.mean():.0f} HU)", error, "error")]
+        translation_figure(os.path.join(self.output_dir, f"{stem}_preview.png"), tiles, suptitle=f"{stem}, middle slice")
         return data
