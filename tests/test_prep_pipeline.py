@@ -168,6 +168,8 @@ def test_batch_goes_on_past_bad_cases_and_resumes(small_mni, tmp_path):
     nan[20:30, 20:30, 20:30] = np.nan  # nibabel keeps NaN on disk (ITK's writer zeroes them)
     nib.save(nib.Nifti1Image(nan, np.diag([2.0, 2.0, 2.0, 1.0])), str(src / "nan_filled.nii.gz"))
     (src / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really a gzip file")
+    # cut mid-voxels: ITK reads it without a word (zero-filled), so the file itself is checked
+    (src / "truncated.nii.gz").write_bytes((src / "good.nii.gz").read_bytes()[:-2000])
     write_image(good[:, :, 40], src / "flat2d.nii.gz")
     before = _digest(src)
     config = [{"step": "reorient"}, {"step": "resample", "spacing": 4.0}, {"step": "normalize"},
@@ -175,12 +177,14 @@ def test_batch_goes_on_past_bad_cases_and_resumes(small_mni, tmp_path):
     report = run_pipeline(config, src, tmp_path / "out", progress=False)
     assert report.done == ["good"]
     failed = {f["case"]: f for f in report.failed}
-    assert set(failed) == {"nan_filled", "corrupt", "flat2d"}
+    assert set(failed) == {"nan_filled", "corrupt", "truncated", "flat2d"}
+    assert "truncated" in failed["truncated"]["reason"] and "unexpected" not in failed["truncated"]["reason"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["good"]  # failed cases leave no folder
     assert "NaN" in failed["nan_filled"]["reason"] and failed["nan_filled"]["path"].endswith("nan_filled.nii.gz")
     assert "cannot read" in failed["corrupt"]["reason"]
     assert "needs a 3D image" in failed["flat2d"]["reason"]
     saved = json.loads((tmp_path / "out" / "prep_report.json").read_text())
-    assert len(saved["failed"]) == 3 and not saved["ok"]
+    assert len(saved["failed"]) == 4 and not saved["ok"]
     assert _digest(src) == before  # inputs untouched
     assert not list((tmp_path / "out").rglob(f"*{TMP_MARK}*"))  # no half-written output
     again = run_pipeline(config, src, tmp_path / "out", progress=False)

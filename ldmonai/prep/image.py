@@ -59,7 +59,13 @@ def read_image(path: str | os.PathLike, pixel_type: int = sitk.sitkFloat32, labe
         # data, and silently zero-filling it would hide that, so check the file itself.
         import nibabel as nib
 
-        data = np.asanyarray(nib.load(str(path)).dataobj)
+        try:
+            data = np.asanyarray(nib.load(str(path)).dataobj)
+        except (EOFError, OSError, ValueError) as err:
+            # ITK reads a truncated .nii.gz without a word (the missing voxels become 0); the
+            # check of the file itself is what finds it.
+            raise LdmonaiError(f"corrupt or truncated file ({type(err).__name__}: {str(err).strip()[:120]})", path,
+                               "re-export or re-copy the image; the file ends before its voxel data does") from None
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             raise LdmonaiError(f"image holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels", path,
                                "fix the source volume (or re-convert it); preprocessing will not guess values")

