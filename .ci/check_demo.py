@@ -12,6 +12,7 @@ EXPECTED = {
     "conversion report": ("nifti", "conversion_report.json", 1),
     "preprocessing": ("prep", "*/*_image.nii.gz", 1),
     "skull-strip mask": ("prep", "*/*_mask.nii.gz", 1),
+    "skull-strip figure": ("prep", "*/*_mask.png", 1),
     "LDSeg segmentations": ("ldseg/inference", "*_seg.nii.gz", 2),
     "LDSeg entropy maps": ("ldseg/inference", "*_entropy.nii.gz", 2),
     "GDM synthetic CT": ("gdm/inference", "*_sct.nii.gz", 2),

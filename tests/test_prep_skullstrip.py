@@ -86,3 +86,36 @@ def test_skull_strip_rejects_bad_input(moved_head):
         stripper(subject * 0, "blank_head.nii.gz")
     with pytest.raises(LdmonaiError, match="needs its brain mask"):
         SkullStripper(atlas="/some/head.nii.gz")
+
+
+def test_real_head_with_neck_reaches_the_floor_against_robex(tmp_path):
+    """A real head T1 with face and neck (United Imaging, ../shared/data/uih_t1) and ROBEX's own
+    mask of it. Without the robust field of view the atlas fit stretched down the spinal canal
+    (Dice 0.876, 205 ml below ROBEX's lowest slice); with it the mask must stay on the brain."""
+    from tests.conftest import shared_path
+
+    folder = shared_path("uih_t1")
+    image = read_image(folder / "uih_t1_1mm.nii.gz")
+    robex = read_image(folder / "uih_t1_1mm_robex_mask.nii.gz", label=True)
+    result = SkullStripper()(image, "uih_t1")
+    assert _dice(result.mask, robex) >= 0.93
+    mask, ref = sitk.GetArrayViewFromImage(result.mask) > 0, sitk.GetArrayViewFromImage(robex) > 0
+    lowest = np.nonzero(ref.any(axis=(1, 2)))[0].min()  # axis 0 is inferior-superior here (RAS, sagittal)
+    assert mask[:lowest].sum() / 1000 < 30  # ml below ROBEX's lowest slice
+    assert 900 < result.volume_ml < 1900 and result.correlation > 0.6
+
+
+def test_implausible_masks_are_flagged_and_every_case_gets_a_figure(moved_head, stripped, tmp_path):
+    from ldmonai.prep.qc import mask_figure, suspect_reasons
+
+    result, _ = stripped
+    assert suspect_reasons(result.volume_ml, result.correlation) == []  # the moved atlas head is a good fit
+    assert any("200 ml" in r for r in suspect_reasons(200.0, 0.7))  # a few fragments, as on a failed head
+    assert any("2400 ml" in r for r in suspect_reasons(2400.0, 0.7))  # a mask down the neck
+    assert any("correlation 0.20" in r for r in suspect_reasons(1400.0, 0.2))  # a slipped fit
+    subject, _ = moved_head
+    mask_figure(tmp_path / "case_mask.png", subject, result.mask, "case")
+    from PIL import Image
+
+    png = np.asarray(Image.open(tmp_path / "case_mask.png").convert("RGB")).astype(int)
+    assert ((png[..., 0] > 200) & (png[..., 1] < 60) & (png[..., 2] < 60)).sum() > 100  # the red outline is drawn

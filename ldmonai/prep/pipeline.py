@@ -139,6 +139,7 @@ class PrepReport:
     done: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    suspect: list = field(default_factory=list)  # done, but a check says the result is implausible
     seconds: float = 0.0
 
     @property
@@ -147,12 +148,15 @@ class PrepReport:
 
     def to_dict(self) -> dict:
         return {"config": self.config, "output_dir": self.output_dir, "ok": self.ok, "seconds": round(self.seconds, 2),
-                "done": self.done, "skipped": self.skipped, "failed": self.failed}
+                "done": self.done, "skipped": self.skipped, "failed": self.failed,
+                "suspect_count": len(self.suspect), "suspect": self.suspect}
 
     def summary(self) -> str:
-        lines = [f"{len(self.done)} cases done, {len(self.skipped)} already done, {len(self.failed)} failed "
-                 f"in {self.seconds:.1f} s -> {self.output_dir}"]
+        lines = [f"{len(self.done)} cases done, {len(self.skipped)} already done, {len(self.failed)} failed"
+                 + (f", {len(self.suspect)} SUSPECT" if self.suspect else "")
+                 + f" in {self.seconds:.1f} s -> {self.output_dir}"]
         lines += [f"  FAILED {f['case']}: {LdmonaiError.from_dict(f)}" for f in self.failed]
+        lines += [f"  SUSPECT {s['case']}: {'; '.join(s['reasons'])}" for s in self.suspect]
         return "\n".join(lines)
 
 
@@ -286,6 +290,8 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
         if done:
             report.skipped.append(cid)
             records.append(done)
+            if done.get("meta", {}).get("suspect"):
+                report.suspect.append({"case": cid, "reasons": done["meta"]["suspect"]})
             continue
         stem = image_stem(entry["image"])
         participant = dict(table.get(subject_of(stem), {}))
@@ -309,6 +315,8 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
         else:
             report.done.append(result["case"])
             records.append(result)
+            if result.get("meta", {}).get("suspect"):
+                report.suspect.append({"case": result["case"], "reasons": result["meta"]["suspect"]})
         if bar is not None:
             bar.update(1)
 

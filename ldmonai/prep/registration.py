@@ -55,6 +55,8 @@ class RegistrationSettings:
         linear_iterations / bspline_iterations: optimiser iterations per level.
         linear_samples / bspline_samples: random voxel samples per iteration.
         seed: elastix's sampler seed; the same seed and thread count give the same result.
+        initialization: elastix's automatic start, ``CenterOfGravity`` (centres of mass) or
+            ``GeometricalCenter`` (centres of the image boxes).
         threads: worker threads (default: SimpleITK's global default, i.e. all cores unless a
             pipeline worker has been given its share).
     """
@@ -69,6 +71,7 @@ class RegistrationSettings:
     linear_samples: int = 2048
     bspline_samples: int = 4096
     seed: int = 0
+    initialization: str = "CenterOfGravity"
     threads: int | None = None
 
     def __post_init__(self):
@@ -83,7 +86,7 @@ class RegistrationSettings:
         linear["Metric"] = [METRICS[self.metric]]
         # Heads come with different fields of view and positions; start from the centres of mass.
         linear["AutomaticTransformInitialization"] = ["true"]
-        linear["AutomaticTransformInitializationMethod"] = ["CenterOfGravity"]
+        linear["AutomaticTransformInitializationMethod"] = [self.initialization]
         linear["MaximumNumberOfIterations"] = [str(self.linear_iterations)]
         linear["NumberOfSpatialSamples"] = [str(self.linear_samples)]
         maps = [linear]
