@@ -158,6 +158,17 @@ class _Family:
                 return 1
         return 0
 
+    def demo(self, train: bool, export: bool, train_steps: list[tuple[str, list]], infer_steps: list[tuple[str, list]],
+             outputs: str) -> int:
+        """The family's stage: weights (shipped, or trained with ``train``), the inference runs, the
+        export of the weights with ``export``, and a closing line that says where the outputs are."""
+        status = self.weights(train, train_steps) or self.run(infer_steps)
+        if status == 0:
+            if export:
+                self.export(train_steps)
+            print(outputs)
+        return status
+
     def weights(self, train: bool, train_steps: list[tuple[str, list]]) -> int:
         """Train with the bundle's train config, or install the shipped tiny weights as models/model.pt."""
         try:
@@ -220,65 +231,51 @@ def ldseg_demo(out: Path, train: bool = False, export: bool = False) -> int:
     train_steps = [("training tiny LDSeg (2D, 100 epochs, about a minute on 2 cores)",
                     ["--config_file", fam.config("train.json"), "--dataset_dir", fam.root / "data", "--epochs", 100,
                      "--val_interval", 50])]
-    status = fam.weights(train, train_steps) or fam.run([
+    return fam.demo(train, export, train_steps, [
         ("segmenting the test cases with 8 samples each",
-         ["--config_file", fam.config("inference.json"), "--input", datalist, "--output_dir", fam.root / "inference"])])
-    if status == 0:
-        if export:
-            fam.export(train_steps)
-        print(f"LDSeg weights: {fam.root / 'models' / 'model.pt'}\n"
-              f"Segmentations, uncertainty maps and PNG previews: {fam.root / 'inference'}")
-    return status
+         ["--config_file", fam.config("inference.json"), "--input", datalist, "--output_dir", fam.root / "inference"])],
+        f"LDSeg weights: {fam.model}\nSegmentations, uncertainty maps and PNG previews: {fam.root / 'inference'}")
+
+
+def _phantom_datalist(fam: _Family) -> Path:
+    """The GDM families' data: 10 MR/CT head phantoms at 48^3 and one datalist for training and
+    inference, so that inference sees only the cases training held out."""
+    from ldmonai.data import make_mr_ct_phantoms, synthrad_datalist, write_datalist
+
+    if not (fam.root / "data" / "Task1").is_dir():
+        make_mr_ct_phantoms(fam.root / "data", num_cases=10, size=48, seed=0)
+    data = fam.root / "data" / "datalist.json"
+    write_datalist(data, synthrad_datalist(fam.root / "data", val_fraction=0.2, test_fraction=0.2))
+    return data
 
 
 def gdm_demo(out: Path, train: bool = False, export: bool = False) -> int:
     """Tiny GDM on MR/CT head phantoms: synthesise CT for the held-out cases, one network call each window."""
-    from ldmonai.data import make_mr_ct_phantoms, synthrad_datalist, write_datalist
-
     fam = _Family("GDM", "gdm", out)
-    if not (fam.root / "data" / "Task1").is_dir():
-        make_mr_ct_phantoms(fam.root / "data", num_cases=10, size=48, seed=0)
-    # One datalist for training and inference, so that inference sees only the cases training held out.
-    data = fam.root / "data" / "datalist.json"
-    write_datalist(data, synthrad_datalist(fam.root / "data", val_fraction=0.2, test_fraction=0.2))
+    data = _phantom_datalist(fam)
     train_steps = [("training tiny GDM on MR/CT head phantoms (150 epochs, about 4 minutes on 2 cores)",
                     ["--config_file", fam.config("train.json"), "--dataset_dir", data, "--epochs", 150, "--val_interval", 25])]
-    status = fam.weights(train, train_steps) or fam.run([
+    return fam.demo(train, export, train_steps, [
         ("synthesising CT for the test cases",
-         ["--config_file", fam.config("inference.json"), "--input", data, "--output_dir", fam.root / "inference"])])
-    if status == 0:
-        if export:
-            fam.export(train_steps)
-        print(f"GDM weights: {fam.root / 'models' / 'model.pt'}\n"
-              f"Synthetic CT (HU, on the MR grid) and PNG previews: {fam.root / 'inference'}\n"
-              "The MR/CT pairs are phantoms made by ldmonai (MNI152-derived tissue classes), not patient data.")
-    return status
+         ["--config_file", fam.config("inference.json"), "--input", data, "--output_dir", fam.root / "inference"])],
+        f"GDM weights: {fam.model}\nSynthetic CT (HU, on the MR grid) and PNG previews: {fam.root / 'inference'}\n"
+        "The MR/CT pairs are phantoms made by ldmonai (MNI152-derived tissue classes), not patient data.")
 
 
 def svct_demo(out: Path, train: bool = False, export: bool = False) -> int:
     """Tiny GDM for sparse-view CT: the held-out phantom CT volumes are projected over 36 views,
     reconstructed by FBP, and corrected by the one-step generator (configs/svct_inference.json)."""
-    from ldmonai.data import make_mr_ct_phantoms, synthrad_datalist, write_datalist
-
     fam = _Family("GDM-SVCT", "gdm", out, shipped=SHIPPED_SVCT, model="models/svct/model.pt")
-    if not (fam.root / "data" / "Task1").is_dir():
-        make_mr_ct_phantoms(fam.root / "data", num_cases=10, size=48, seed=0)
-    data = fam.root / "data" / "datalist.json"
-    write_datalist(data, synthrad_datalist(fam.root / "data", val_fraction=0.2, test_fraction=0.2))
+    data = _phantom_datalist(fam)
     train_steps = [("training tiny sparse-view GDM on the phantom CTs (36-view FBP in, CT out; 60 epochs, about "
                     "2 minutes on 2 cores)",
                     ["--config_file", fam.config("train.json", "svct.json"), "--dataset_dir", data, "--epochs", 60,
                      "--val_interval", 30])]
-    status = fam.weights(train, train_steps) or fam.run([
+    return fam.demo(train, export, train_steps, [
         ("reconstructing the test CTs from 36 simulated views (FBP, then GDM)",
          ["--config_file", fam.config("inference.json", "svct_inference.json"), "--input", data,
-          "--output_dir", fam.root / "svct"])])
-    if status == 0:
-        if export:
-            fam.export(train_steps)
-        print(f"SVCT weights: {fam.model}\n"
-              f"GDM and FBP reconstructions (HU, on each CT's grid) and PNG previews: {fam.root / 'svct'}")
-    return status
+          "--output_dir", fam.root / "svct"])],
+        f"SVCT weights: {fam.model}\nGDM and FBP reconstructions (HU, on each CT's grid) and PNG previews: {fam.root / 'svct'}")
 
 
 LD_STEPS = 20  # DDIM steps in the demo's LD runs; the bundle's default is 50
