@@ -13,11 +13,11 @@ from ldmonai.gdm.grad_coordination import coordinate_gradients
 from ldmonai.gdm.hu import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 from ldmonai.gdm.objective import FeatureDriftLoss, GDMObjective, masked_l1_hu
 from ldmonai.gdm.rflow import RFlowTranslator
-from ldmonai.gdm.transforms import CheckCTPaird, DataConsistencyd, SparseViewd, body_mask
+from ldmonai.gdm.transforms import CheckCTPaird, DataConsistencyd, SinogramFBPd, SparseViewd, body_mask
 
 __all__ = [
     "AstraInput", "CheckCTPaird", "DataConsistencyd", "DriftingLoss", "FeatureBank", "FeatureDriftLoss", "GDMObjective", "HU_MAX", "HU_MIN",
-    "IntensityMapping", "Projector", "RFlowTranslator", "RandomMultiScaleEncoder", "SparseViewd", "StagedEncoder",
+    "IntensityMapping", "Projector", "RFlowTranslator", "RandomMultiScaleEncoder", "SinogramFBPd", "SparseViewd", "StagedEncoder",
     "astra_encoder", "make_encoder", "attenuation_to_hu", "body_mask", "coordinate_gradients", "drift_field", "hu_to_attenuation",
     "hu_to_unit", "masked_l1_hu", "normalize_features", "unit_to_hu",
 ]

@@ -209,3 +209,49 @@ class DataConsistencyd(_SliceProjection, MapTransform):
         out = hu_to_unit(attenuation_to_hu(refined))[0]
         d[self.pred_key] = _like(out, d[self.pred_key])
         return d
+
+
+class SinogramFBPd(_SliceProjection, MapTransform):
+    """Reconstruct a measured sparse-view sinogram by FBP into ``target_key`` (unit range).
+
+    The sinogram (``sinogram_key``, channel first ``(1, views, detectors, slices)``) must be in the
+    geometry and units of the bundle's :class:`~ldmonai.gdm.ct_physics.Projector` for slices of
+    ``image_size``: line integrals of attenuation per pixel (:func:`hu_to_attenuation`), views
+    equally spaced over 180 degrees (parallel) or 360 (fan), one detector bin per pixel at the
+    isocentre. That is what :class:`SparseViewd` keeps, and what a scanner's raw data become only
+    after rebinning to that geometry. A sinogram of any other shape is refused with the shape the
+    geometry expects.
+
+    The reconstruction gets an affine of ``spacing`` mm (no position: a sinogram carries none) and
+    the sinogram's file name, so outputs are named after it.
+    """
+
+    def __init__(self, image_size: tuple[int, int], spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 num_views: int = 36, geometry: str = "parallel", filter_window: str = "ram-lak",
+                 sinogram_key: str = "sinogram", target_key: str = "image") -> None:
+        super().__init__([sinogram_key])
+        self.image_size = tuple(int(s) for s in image_size)
+        self.spacing = tuple(float(s) for s in spacing)
+        self.num_views, self.geometry, self.filter_window = num_views, geometry, filter_window
+        self.sinogram_key, self.target_key = sinogram_key, target_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        sino = d[self.sinogram_key]
+        proj = self.projector(self.image_size)
+        s = torch.as_tensor(sino).float()
+        expected = (self.num_views, proj.num_detectors)
+        if s.ndim != 4 or tuple(s.shape[1:3]) != expected:
+            raise LdmonaiError(
+                f"sinogram shape {tuple(s.shape[1:])} does not fit the geometry: expected ({expected[0]} views, "
+                f"{expected[1]} detectors, slices) for {self.num_views} {self.geometry} views of "
+                f"{self.image_size[0]}x{self.image_size[1]} slices",
+                source_name(d, self.sinogram_key), "set num_views, geometry and image_size to the scan's")
+        with torch.no_grad():
+            image = hu_to_unit(attenuation_to_hu(proj.fbp(s[None], self.filter_window)))[0]
+        meta = dict(getattr(sino, "meta", {}) or {})
+        affine = torch.diag(torch.tensor([*self.spacing, 1.0], dtype=torch.float64))
+        meta.update({"affine": affine, "original_affine": affine, "spatial_shape": list(image.shape[1:])})
+        d[self.target_key] = MetaTensor(image, affine=affine, meta=meta)
+        d[self.sinogram_key] = s
+        return d
