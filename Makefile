@@ -1,6 +1,6 @@
 # Two commands work on a fresh machine:  `make demo`  and  `make test`.
 # Both create .venv and install ldmonai with the torch pin (constraints.txt). The demo installs
-# only what it runs (ldmonai and its sample data, `.[samples]`); the suite adds `.[dev]` on top
+# only what it runs (ldmonai, its sample data and the deepbet skull-stripper, `.[samples,deepbet]`); the suite adds `.[dev]` on top
 # (diffusers, peft, the Astra encoder weights, the conversion baselines, pytest).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +16,7 @@ LABEL_STAMP := $(LABEL_VENV)/.ldmonai-installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt -e ".[samples]"
+	$(PIP) install -q -c constraints.txt -e ".[samples,deepbet]"
 	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was installed, expected 2.13.0')"
 	touch $(STAMP)
 

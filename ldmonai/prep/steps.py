@@ -141,7 +141,8 @@ class Resample(Step):
 
 
 class SkullStrip(Step):
-    """Atlas registration plus ITK cleanup; sets ``case.mask`` and zeroes the skull."""
+    """Skull-stripping (deepbet when installed, else atlas registration; ``method``) plus ITK cleanup;
+    sets ``case.mask`` and zeroes the skull."""
 
     name = "skullstrip"
     needs_3d = True
@@ -149,10 +150,11 @@ class SkullStrip(Step):
     def __init__(self, atlas: str = "robex", atlas_mask: str | None = None, refine: str = "none",
                  grid_spacing_mm: float = 15.0, closing_mm: float = 2.0, threads: int | None = None,
                  robust_fov: bool = True, fov_extent_mm: float = 150.0, brain_ml: tuple[float, float] = (900.0, 1900.0),
-                 figure: bool = True):
+                 figure: bool = True, method: str = "auto"):
         settings = RegistrationSettings(kind="bspline", grid_spacing_mm=grid_spacing_mm, threads=threads)
         self.stripper = SkullStripper(atlas=atlas, atlas_mask=atlas_mask, refine=refine, registration=settings,
-                                      closing_mm=closing_mm, robust_fov=robust_fov, fov_extent_mm=fov_extent_mm)
+                                      closing_mm=closing_mm, robust_fov=robust_fov, fov_extent_mm=fov_extent_mm,
+                                      method=method)
         self.brain_ml, self.figure = tuple(brain_ml), figure
 
     def __call__(self, case: Case) -> Case:
@@ -163,13 +165,15 @@ class SkullStrip(Step):
         result = self.stripper(case.image, case.source)
         case.image, case.mask = result.stripped, result.mask
         case.meta["skullstrip_seconds"] = {k: round(v, 2) for k, v in result.seconds.items()}
-        case.meta["skullstrip"] = {"volume_ml": round(result.volume_ml, 1), "correlation": round(result.correlation, 3),
+        case.meta["skullstrip"] = {"method": self.stripper.method, "volume_ml": round(result.volume_ml, 1),
+                                   "correlation": None if result.correlation is None else round(result.correlation, 3),
                                    "neck_cropped_mm": round(result.cropped_mm, 1)}
         reasons = suspect_reasons(result.volume_ml, result.correlation, self.brain_ml)
         if reasons:
             case.meta.setdefault("suspect", []).extend(reasons)
         if self.figure and case.out_dir is not None:
-            title = f"{case.id}: brain mask {result.volume_ml:.0f} ml, fit correlation {result.correlation:.2f}"
+            fit = "" if result.correlation is None else f", fit correlation {result.correlation:.2f}"
+            title = f"{case.id}: brain mask {result.volume_ml:.0f} ml ({self.stripper.method}){fit}"
             mask_figure(case.out_dir / f"{case.id}_mask.png", original, result.mask,
                         title + ("  SUSPECT" if reasons else ""))
         return case
