@@ -229,7 +229,7 @@ def _ld_row(fig, out: Path) -> None:
 
 ROWS = (
     ("1  DICOM to NIfTI (ldmonai prep convert): real scans that ship in the pydicom wheel", _dicom_row),
-    ("2  Preprocessing (ldmonai prep run): reorient, N4, atlas skull-strip, z-score, on a head phantom "
+    ("2  Preprocessing (ldmonai prep run): reorient, N4, skull-strip (deepbet, else atlas), z-score, on a head phantom "
      "(ROBEX head with random affine + elastic warp, bias and noise)", None),
     ("3  LDSeg (tiny 2D preset, 64x64): tissue segmentation with uncertainty from 8 samples", _ldseg_row),
     ("4  GDM (tiny preset, 48^3): MR-to-CT synthesis on head phantoms made by ldmonai", _gdm_row),
