@@ -150,3 +150,28 @@ def test_deepbet_missing_names_the_extra(monkeypatch):
     with pytest.raises(LdmonaiError, match="deepbet") as err:
         deepbet_strip.deepbet_mask(sitk.Image([8, 8, 8], sitk.sitkFloat32))
     assert "ldmonai[deepbet]" in err.value.to_dict()["fix"]
+
+
+@pytest.mark.parametrize("method", ["atlas", "deepbet"])
+def test_real_head_at_2mm_in_another_orientation(method):
+    """The shared real head resampled to 2 mm and stored axial, left-posterior-inferior (axes permuted
+    and flipped against the sagittal RAS original): the field-of-view cut must find the top of the head
+    through the direction matrix, and the mask must land on ROBEX's, on the input's own grid."""
+    if method == "deepbet":
+        pytest.importorskip("deepbet", reason='install the extra: pip install -e ".[deepbet]" (make demo does)')
+    from tests.conftest import shared_path
+
+    folder = shared_path("uih_t1")
+    image = read_image(folder / "uih_t1_1mm.nii.gz")
+    robex = read_image(folder / "uih_t1_1mm_robex_mask.nii.gz", label=True)
+
+    def two_mm_lpi(img, interpolator):
+        size = [int(round(n / 2)) for n in img.GetSize()]
+        out = sitk.Resample(img, size, sitk.Transform(), interpolator, img.GetOrigin(), [2.0] * 3, img.GetDirection(), 0)
+        return sitk.DICOMOrient(out, "LPI")
+
+    moved, ref = two_mm_lpi(image, sitk.sitkLinear), two_mm_lpi(robex, sitk.sitkNearestNeighbor)
+    assert moved.GetDirection() != image.GetDirection()
+    result = SkullStripper(method=method)(moved, "uih_t1_2mm_lpi")
+    assert result.mask.GetSize() == moved.GetSize() and result.mask.GetDirection() == moved.GetDirection()
+    assert _dice(result.mask, ref) >= (0.92 if method == "atlas" else 0.94)
