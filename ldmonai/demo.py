@@ -327,7 +327,7 @@ def ld_demo(out: Path, train: bool = False, export: bool = False) -> int:
 
 FAMILIES = (("LDSeg: tissue segmentation with uncertainty", ldseg_demo),
             ("GDM: MR-to-CT synthesis", gdm_demo),
-            ("GDM: sparse-view CT from a CT volume", svct_demo),
+            ("GDM-SVCT: sparse-view CT from a CT volume", svct_demo),
             ("LD: latent drift search and generation", ld_demo))
 
 # The preprocessing stage's pipeline (the same steps as configs/prep/brain_t1.yaml, without the
