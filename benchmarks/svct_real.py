@@ -91,7 +91,9 @@ def load_generator(ckpt: Path):
     return net.eval()
 
 
-def reconstruct(ct_hu: np.ndarray, net, views: int, sirt: int) -> dict[str, np.ndarray]:
+def reconstruct(ct_hu: np.ndarray, nets: list, views: int, sirt: int) -> list[dict[str, np.ndarray]]:
+    """The four reconstructions for each generator in ``nets``; the simulated scan, the FBP and
+    FBP + SIRT are computed once per volume and shared by them."""
     import torch
     from monai.inferers import SlidingWindowInferer
 
@@ -100,12 +102,18 @@ def reconstruct(ct_hu: np.ndarray, net, views: int, sirt: int) -> dict[str, np.n
     label = hu_to_unit(torch.as_tensor(ct_hu, dtype=torch.float32).clamp(-1024, 3071))[None]
     d = SparseViewd(num_views=views, sinogram_key="sinogram")({"label": label})
     inferer = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=4, overlap=0.25, mode="gaussian")
-    with torch.no_grad():
-        gdm = inferer(d["image"][None], net)[0]
     refine = DataConsistencyd(steps=sirt, num_views=views)
-    out = {"FBP": d["image"], "FBP+SIRT": refine({"pred": d["image"], "sinogram": d["sinogram"]})["pred"],
-           "GDM": gdm, "GDM+SIRT": refine({"pred": gdm, "sinogram": d["sinogram"]})["pred"]}
-    return {k: np.asarray(unit_to_hu(v.clamp(-1, 1))[0], dtype=np.float64) for k, v in out.items()}
+
+    def hu(v):
+        return np.asarray(unit_to_hu(v.clamp(-1, 1))[0], dtype=np.float64)
+
+    fbp = {"FBP": hu(d["image"]), "FBP+SIRT": hu(refine({"pred": d["image"], "sinogram": d["sinogram"]})["pred"])}
+    out = []
+    for net in nets:
+        with torch.no_grad():
+            gdm = inferer(d["image"][None], net)[0]
+        out.append({**fbp, "GDM": hu(gdm), "GDM+SIRT": hu(refine({"pred": gdm, "sinogram": d["sinogram"]})["pred"])})
+    return out
 
 
 def _line(method: str, values: dict[str, list[float]]) -> str:
@@ -146,8 +154,8 @@ def main() -> int:
         start = time.perf_counter()
         ct = resample(path, args.spacing)
         mask = head_mask(ct)
-        runs = [{name: image_metrics(ct, rec, mask, names=("mae", "psnr", "ssim"))
-                 for name, rec in reconstruct(ct, net, args.views, args.sirt).items()} for net in nets]
+        runs = [{name: image_metrics(ct, rec, mask, names=("mae", "psnr", "ssim")) for name, rec in recs.items()}
+                for recs in reconstruct(ct, nets, args.views, args.sirt)]
         row = {"volume": path.name, "shape": list(ct.shape), "runs": runs}
         rows.append(row)
         print(f"  {path.name} {tuple(ct.shape)}, {time.perf_counter() - start:.1f} s")

@@ -240,15 +240,10 @@ ROWS = (
 def write_overview(out: str | Path, head: str | Path | None = None) -> Path:
     """Write ``out/overview.png`` from the demo's outputs under ``out``; ``head`` is the image the
     preprocessing row started from. Returns the path written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ldmonai.io.atomic import atomic_path
+    from ldmonai.io.preview import pyplot, save_figure
 
     out = Path(out)
-    fig = plt.figure(figsize=(13, 16), layout="constrained")
+    fig = pyplot().figure(figsize=(13, 16), layout="constrained")
     fig.suptitle("ldmonai demo: every stage on data that installs from the package registries (2 CPU cores)",
                  fontsize=12, fontweight="bold")
     for sub, (title, draw) in zip(fig.subfigures(len(ROWS), 1), ROWS):
@@ -260,7 +255,5 @@ def write_overview(out: str | Path, head: str | Path | None = None) -> Path:
     fig.text(0.99, 0.002, "tiny presets with shipped demo weights (bundles/*/models/demo_tiny.pt); "
              "phantoms and templates, not patient data; made by `make demo`", ha="right", fontsize=7, color="grey")
     path = out / "overview.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
     return path

@@ -81,18 +81,17 @@ def require_checkpoint(path: str | os.PathLike, bundle: str | None = None, demo:
 
     if Path(path).is_file():
         return str(path)
-    name = demo
-    demo = Path(path).with_name(name)
+    shipped = Path(path).with_name(demo)
     # the configs' own defaults: models/model.pt, or models/<task>/model.pt (GDM's svct)
     default = Path(path).name == "model.pt" and "models" in (Path(path).parent.name, Path(path).parent.parent.name)
-    if not demo.is_file() and bundle is not None and default:
+    if not shipped.is_file() and bundle is not None and default:
         from ldmonai.demo import BUNDLES
 
-        demo = BUNDLES / bundle / "models" / name
-    if demo.is_file():
-        print(f"ldmonai: note: {path} not found; using the shipped tiny demo weights {demo} "
+        shipped = BUNDLES / bundle / "models" / demo
+    if shipped.is_file():
+        print(f"ldmonai: note: {path} not found; using the shipped tiny demo weights {shipped} "
               "(train the bundle, or pass --ckpt_path, to use others)", file=sys.stderr, flush=True)
-        return str(demo)
+        return str(shipped)
     raise LdmonaiError("no trained weights here", path,
                        "run the bundle's train config first, or pass --ckpt_path to a weights file")
 

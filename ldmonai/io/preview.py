@@ -136,25 +136,34 @@ class SavePreviewd:
         return data
 
 
-def ct_window(slice2d: np.ndarray, lo: float = -1000.0, hi: float = 1500.0) -> np.ndarray:
-    """``(H, W, 3)`` uint8 of a HU slice in a fixed window, so that previews compare across cases."""
-    scaled = np.clip((np.nan_to_num(slice2d) - lo) / (hi - lo), 0, 1)
-    return np.repeat((scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
+HU_WINDOW = (-1000.0, 1500.0)  # one CT window for every preview, so that they compare across cases
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures go to files, no display is needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: float | None = None) -> None:
+    """Write a matplotlib figure as PNG atomically (``dpi``: the figure's own when None), then close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", **({} if dpi is None else {"dpi": dpi}))
+    pyplot().close(fig)
 
 
 def translation_figure(path: str | os.PathLike, tiles: Sequence[tuple[str, np.ndarray, str]], suptitle: str = "") -> None:
     """A labelled row of slices: ``(title, (H, W) slice, kind)`` per panel, where kind is ``grey``
     (robust window, no unit), ``hu`` (the fixed CT window, a HU colour bar) or ``error`` (absolute
     error in HU, 0 to 500, a colour bar). Written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(tiles), figsize=(2.6 * len(tiles), 3.0), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(tiles), figsize=(2.6 * len(tiles), 3.0), squeeze=False)
     for ax, (title, image, kind) in zip(axes[0], tiles):
         if kind == "hu":
-            im = ax.imshow(image, cmap="gray", vmin=-1000, vmax=1500)
+            im = ax.imshow(image, cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1])
         elif kind == "error":
             im = ax.imshow(image, cmap="inferno", vmin=0, vmax=500)
         else:
@@ -168,9 +177,7 @@ def translation_figure(path: str | os.PathLike, tiles: Sequence[tuple[str, np.nd
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 class SaveTranslationPreviewd:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ldmonai.errors import LdmonaiError
-from ldmonai.io.atomic import atomic_path, atomic_write_csv
+from ldmonai.io.atomic import atomic_write_csv
 
 __all__ = ["DeltaSearchResult", "l1_distance", "search_delta"]
 
@@ -69,16 +69,13 @@ class DeltaSearchResult:
 
     def write(self, out_dir: str | os.PathLike, name: str = "delta_search") -> tuple[Path, Path]:
         """``<name>.csv`` (δ, distance, stage, best) and ``<name>.png`` (distance against δ)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from ldmonai.io.preview import pyplot, save_figure
 
         out = Path(out_dir)
         table, plot = out / f"{name}.csv", out / f"{name}.png"
         atomic_write_csv(table, [{"delta": f"{r['delta']:.6g}", "distance": f"{r['distance']:.6g}", "stage": r["stage"],
                                   "best": int(r["delta"] == self.best)} for r in sorted(self.rows, key=lambda r: r["delta"])])
-        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+        fig, ax = pyplot().subplots(figsize=(5, 3.2), dpi=120)
         rows = sorted(self.rows, key=lambda r: r["delta"])
         ax.plot([r["delta"] for r in rows], [r["distance"] for r in rows], "-", color="0.6", lw=1)
         for stage, marker in (("grid", "o"), ("refine", "x")):
@@ -89,9 +86,7 @@ class DeltaSearchResult:
         ax.set_ylabel("L1 distance to real")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        with atomic_path(plot) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        save_figure(fig, plot)
         return table, plot
 
 

@@ -42,7 +42,6 @@ class HeadFOV:
     image: sitk.Image
     index: tuple[int, int, int]
     size: tuple[int, int, int]
-    superior_axis: int
     cropped_mm: float  # how much of the input the box leaves out below the head, in mm
 
     def region_mask(self, like: sitk.Image) -> sitk.Image:
@@ -63,7 +62,7 @@ def superior_axis(image: sitk.Image) -> tuple[int, int]:
 
 
 def _head(image: sitk.Image) -> sitk.Image:
-    """The head on a coarse grid: Otsu, opening, largest component (steps 1 and 2)."""
+    """The head on a coarse grid: threshold, opening, largest component, holes filled (step 1)."""
     spacing = [max(s, _WORK_MM) for s in image.GetSpacing()]
     size = [max(1, int(round(n * s / w))) for n, s, w in zip(image.GetSize(), image.GetSpacing(), spacing)]
     coarse = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), size, sitk.Transform(), sitk.sitkLinear,
@@ -90,7 +89,7 @@ def head_fov(image: sitk.Image, extent_mm: float = 170.0, margin_mm: float = 15.
     head = _head(image)
     array = sitk.GetArrayViewFromImage(head)  # numpy order: z, y, x
     if not array.any():
-        raise LdmonaiError("no head found in the image (Otsu's threshold leaves nothing)",
+        raise LdmonaiError("no head found in the image (nothing above a tenth of its 99th percentile)",
                            fix="check that the image is a head MRI with its intensities intact")
     axis, sign = superior_axis(image)
     profile = array.any(axis=tuple(a for a in range(3) if a != 2 - axis))
@@ -110,7 +109,7 @@ def head_fov(image: sitk.Image, extent_mm: float = 170.0, margin_mm: float = 15.
     index[axis], size[axis] = lo, hi - lo
     below = (lo if sign > 0 else n - hi) * step
     cropped = sitk.RegionOfInterest(image, size, index)
-    return HeadFOV(image=cropped, index=tuple(index), size=tuple(size), superior_axis=axis, cropped_mm=float(below))
+    return HeadFOV(image=cropped, index=tuple(index), size=tuple(size), cropped_mm=float(below))
 
 
 __all__ = ["HeadFOV", "head_fov", "superior_axis"]

@@ -146,6 +146,12 @@ class PrepReport:
     def ok(self) -> bool:
         return not self.failed
 
+    def note_suspect(self, record: dict) -> None:
+        """Count a finished case (this run's or a resumed one) whose steps flagged it implausible."""
+        reasons = record.get("meta", {}).get("suspect")
+        if reasons:
+            self.suspect.append({"case": record["case"], "reasons": reasons})
+
     def to_dict(self) -> dict:
         return {"config": self.config, "output_dir": self.output_dir, "ok": self.ok, "seconds": round(self.seconds, 2),
                 "done": self.done, "skipped": self.skipped, "failed": self.failed,
@@ -290,8 +296,7 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
         if done:
             report.skipped.append(cid)
             records.append(done)
-            if done.get("meta", {}).get("suspect"):
-                report.suspect.append({"case": cid, "reasons": done["meta"]["suspect"]})
+            report.note_suspect(done)
             continue
         stem = image_stem(entry["image"])
         participant = dict(table.get(subject_of(stem), {}))
@@ -315,8 +320,7 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
         else:
             report.done.append(result["case"])
             records.append(result)
-            if result.get("meta", {}).get("suspect"):
-                report.suspect.append({"case": result["case"], "reasons": result["meta"]["suspect"]})
+            report.note_suspect(result)
         if bar is not None:
             bar.update(1)
 

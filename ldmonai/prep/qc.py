@@ -40,12 +40,7 @@ def suspect_reasons(volume_ml: float, correlation: float | None, brain_ml: tuple
 def mask_figure(path: str | os.PathLike, image: sitk.Image, mask: sitk.Image, title: str = "") -> None:
     """Write a PNG of three orthogonal planes (in RAS, 1 mm display) through the mask's centre, with
     the mask outline in red. Written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ldmonai.io.atomic import atomic_path
+    from ldmonai.io.preview import pyplot, save_figure
 
     ras = sitk.DICOMOrient(image, "RAS")
     ras_mask = sitk.DICOMOrient(mask, "RAS")
@@ -57,7 +52,7 @@ def mask_figure(path: str | os.PathLike, image: sitk.Image, mask: sitk.Image, ti
     planes = [("axial", a[:, :, centre[2]].T, m[:, :, centre[2]].T, sy / sx),
               ("coronal", a[:, centre[1], :].T, m[:, centre[1], :].T, sz / sx),
               ("sagittal", a[centre[0], :, :].T, m[centre[0], :, :].T, sz / sy)]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    fig, axes = pyplot().subplots(1, 3, figsize=(9, 3.4))
     for ax, (name, plane, outline, aspect) in zip(axes, planes):
         ax.imshow(plane, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect)
         if outline.any():
@@ -66,9 +61,7 @@ def mask_figure(path: str | os.PathLike, image: sitk.Image, mask: sitk.Image, ti
         ax.set_axis_off()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 __all__ = ["ADULT_BRAIN_ML", "MIN_CORRELATION", "mask_figure", "suspect_reasons"]

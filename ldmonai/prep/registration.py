@@ -37,6 +37,7 @@ from ldmonai.prep.image import from_itk, require_dims, require_same_space, to_it
 KINDS = ("rigid", "affine", "bspline")
 METRICS = {"ncc": "AdvancedNormalizedCorrelation", "mi": "AdvancedMattesMutualInformation",
            "msd": "AdvancedMeanSquares"}
+INITIALIZATIONS = ("CenterOfGravity", "GeometricalCenter")  # elastix's automatic starts
 INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
 
 
@@ -77,6 +78,9 @@ class RegistrationSettings:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise LdmonaiError(f"unknown registration kind {self.kind!r}", fix=f"use one of {', '.join(KINDS)}")
+        if self.initialization not in INITIALIZATIONS:
+            raise LdmonaiError(f"unknown registration initialization {self.initialization!r}",
+                               fix=f"use one of {', '.join(INITIALIZATIONS)}")
         if self.metric not in METRICS:
             raise LdmonaiError(f"unknown registration metric {self.metric!r}", fix=f"use one of {', '.join(METRICS)}")
 
