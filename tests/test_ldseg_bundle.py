@@ -59,7 +59,7 @@ def test_2d_learns_well_above_chance(trained_2d):
     assert dice > 0.6, dice
     assert dice > 2.5 * chance, (dice, chance)
     # Per-case, per-class tables for Dice, HD95 and surface distance.
-    for name in ("dice_raw.csv", "hd95_voxels_raw.csv", "surface_distance_voxels_raw.csv"):
+    for name in ("dice_raw.csv", "hd95_mm_raw.csv", "surface_distance_mm_raw.csv"):
         rows = list(csv.reader(open(root / "eval" / name)))
         assert rows[0][:4] == ["filename", "class0", "class1", "class2"] and len(rows) == 7
 

@@ -50,7 +50,8 @@ def test_shapes_and_probabilities(dims, size):
 
 
 def test_one_noise_draw_per_item():
-    net = tiny_ldseg()
+    # epsilon prediction returns the drawn noise (sample prediction returns z0 as its target)
+    net = tiny_ldseg(prediction_type="epsilon")
     image = torch.rand(1, 1, 32, 32).repeat(4, 1, 1, 1)
     label = torch.randint(0, 3, (1, 1, 32, 32)).repeat(4, 1, 1, 1)
     noise = net.training_outputs(image, label)["noise"]
@@ -59,6 +60,9 @@ def test_one_noise_draw_per_item():
 
 def test_samples_batched_in_one_pass_and_reproducible():
     net = tiny_ldseg().eval()
+    # MONAI zero-initialises the denoiser's output: an untrained one ignores the noise entirely
+    for p in net.denoiser.out.parameters():
+        torch.nn.init.normal_(p, std=0.2)
     calls = []
     net.denoiser.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     image = torch.rand(2, 1, 32, 32)

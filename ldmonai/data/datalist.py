@@ -105,3 +105,33 @@ def write_datalist(datalist: str | os.PathLike, data: dict) -> Path:
                         for k, v in e.items()} if isinstance(e, dict) else e for e in entries]
         out[split] = entries
     return atomic_write_json(datalist, out)
+
+
+def label_names(datalist: str | os.PathLike | None, num_classes: int) -> dict[str, str]:
+    """Class names for ``num_classes`` label values, from the datalist's ``labels`` entry.
+
+    Medical Segmentation Decathlon datalists carry ``"labels": {"0": "background", "1": ...}``;
+    those names are used where present. Values without a name are called ``label_<value>``
+    (0 is ``background``), never another data set's anatomy.
+    """
+    names = {"0": "background", **{str(i): f"label_{i}" for i in range(1, num_classes)}}
+    try:
+        given = json.loads(Path(datalist).read_text(encoding="utf-8")).get("labels") if datalist else None
+    except (OSError, ValueError, AttributeError):
+        given = None
+    if isinstance(given, dict):
+        names.update({str(k): str(v) for k, v in given.items() if str(k).isdigit() and int(k) < num_classes})
+    return names
+
+
+def evaluation_split(datalist: str | os.PathLike) -> str:
+    """``test`` when the datalist has a non-empty test split, else ``validation``; logged either way."""
+    import logging
+
+    try:
+        data = json.loads(Path(datalist).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    split = "test" if isinstance(data, dict) and data.get("test") else "validation"
+    logging.getLogger("ldmonai").info("evaluating the %r split of %s", split, datalist)
+    return split

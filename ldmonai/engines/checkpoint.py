@@ -171,16 +171,48 @@ class ResumableCheckpoint:
             path.unlink(missing_ok=True)
 
 
+def checkpoint_config(path: str | os.PathLike, bundle: str | None = None, demo: str = "demo_tiny.pt") -> dict:
+    """The model config saved in a checkpoint (``{"model": ..., "config": ...}``), else ``{}``.
+
+    Resolves ``path`` as :func:`require_checkpoint` does (the shipped demo weights when the
+    default file is missing), silently: the loader that follows prints the notice once. A
+    plain state dict, or no file at all, gives ``{}``, so configs fall back to their own
+    defaults and the loader reports what is wrong.
+    """
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            resolved = require_checkpoint(path, bundle, demo)
+        except Exception:  # noqa: BLE001  (the loader reports a missing file)
+            return {}
+    try:
+        saved = torch.load(resolved, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (the loader reports a corrupt file)
+        return {}
+    config = saved.get("config") if isinstance(saved, dict) else None
+    return dict(config) if isinstance(config, dict) else {}
+
+
 class BestModelSaver:
     """Write the network's weights to ``filename`` whenever the evaluator's key metric improves.
 
     Attach to a MONAI evaluator that has a ``key_val_metric``; it reads ``best_metric_epoch``.
     The first validation always writes, so a run leaves a model file even if it never improves.
+
+    With ``config`` (the network's arguments, label names, spacing: anything JSON-like), the file
+    is ``{"model": state_dict, "config": config}``, which MONAI's ``CheckpointLoader`` with
+    ``load_dict={"model": net}`` reads unchanged, and inference reads its model from
+    (:func:`checkpoint_config`), so ``--ckpt_path`` alone is enough.
     """
 
-    def __init__(self, save_dir: str | os.PathLike, network: torch.nn.Module, filename: str = "model.pt") -> None:
+    def __init__(
+        self, save_dir: str | os.PathLike, network: torch.nn.Module, filename: str = "model.pt", config: Mapping | None = None
+    ) -> None:
         self.path = Path(save_dir) / filename
         self.network = network
+        self.config = None if config is None else _plain(config)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -190,4 +222,59 @@ class BestModelSaver:
             return
         best_epoch = getattr(engine.state, "best_metric_epoch", -1)
         if best_epoch == engine.state.epoch or not self.path.exists():
-            atomic_torch_save(unwrap(self.network).state_dict(), self.path)
+            state = unwrap(self.network).state_dict()
+            atomic_torch_save(state if self.config is None else {"model": state, "config": self.config}, self.path)
+
+
+def _plain(value):
+    """Config values as plain Python (lists, dicts with string keys), what ``weights_only`` loads."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+class ConfiguredCheckpointLoader:
+    """Load ``network``'s weights, or say in one line which setting does not match the checkpoint.
+
+    MONAI's ``CheckpointLoader`` reports a wrong ``num_classes`` or ``spatial_dims`` as a
+    ``size mismatch`` deep inside ``load_state_dict``. This handler compares the settings the
+    run uses (``config``) with those saved beside the weights first, and names the flag to
+    drop or change; a plain state dict without a config is checked by loading alone.
+
+    Args:
+        load_path: the weights (a state dict, or ``{"model": ..., "config": ...}``).
+        network: the module to load into (the EMA average included).
+        config: the settings this run built ``network`` from.
+    """
+
+    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module, config: Mapping | None = None) -> None:
+        self.load_path = str(load_path)
+        self.network = network
+        self.config = _plain(config or {})
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        from ldmonai.errors import LdmonaiError
+
+        saved = read_torch_file(self.load_path, "checkpoint", "pass --ckpt_path to a model.pt written by the bundle's training")
+        state, saved_config = (saved["model"], saved.get("config") or {}) if isinstance(saved, dict) and "model" in saved else (saved, {})
+        differ = {k: (v, self.config[k]) for k, v in saved_config.items() if k in self.config and self.config[k] != v}
+        if differ:
+            trained = ", ".join(f"{k}={v[0]}" for k, v in differ.items())
+            used = ", ".join(f"{k}={v[1]}" for k, v in differ.items())
+            raise LdmonaiError(f"the checkpoint was trained with {trained}, but this run uses {used}", self.load_path,
+                               "leave these settings out (they are read from the checkpoint) or pass the trained values")
+        try:
+            unwrap(self.network).load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            detail = str(err).split("\n")[1].strip() if "\n" in str(err) else str(err)
+            raise LdmonaiError(f"the weights do not fit this network ({detail[:160]})", self.load_path,
+                               "pass the spatial_dims, num_classes and preset the model was trained with") from None

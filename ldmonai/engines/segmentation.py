@@ -13,6 +13,8 @@ import torch
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
+from ldmonai.networks import unwrap
+
 
 class SegmenterTrainStep:
     """``iteration_update`` for ``monai.engines.SupervisedTrainer``.
@@ -44,6 +46,9 @@ class SegmenterTrainStep:
             terms["loss"].backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
+        update_ema = getattr(unwrap(engine.network), "update_ema", None)
+        if update_ema is not None:
+            update_ema()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         for name, value in terms.items():
             engine.state.output[name] = value.detach()

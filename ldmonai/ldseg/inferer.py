@@ -21,7 +21,11 @@ class SegmenterInferer(Inferer):
         num_samples: N samples per image (all N in one batched pass).
         uncertainty: return ``(B, C + 2, *S)`` (mean probability, entropy, variance)
             instead of ``(B, C, *S)`` mean probability.
-        mode: window blending, ``constant`` or ``gaussian``.
+        mode: window blending, ``constant`` or ``gaussian`` (the default: no seams where
+            windows meet).
+        seed: seed of the sampling noise, drawn afresh for every call: the same image gives
+            the same label map on every request (what a viewer expects), and ``N`` samples
+            still differ from each other. None draws from the global random state.
 
     Returns (``__call__``): a tensor that ``SplitUncertaintyd`` takes apart when
     ``uncertainty`` is set.
@@ -35,8 +39,10 @@ class SegmenterInferer(Inferer):
         num_samples: int = 1,
         uncertainty: bool = False,
         mode: str = "gaussian",
+        seed: int | None = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self.num_samples = num_samples
         self.uncertainty = uncertainty
         self.window = (
@@ -47,11 +53,12 @@ class SegmenterInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         model = unwrap(network)
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         if self.uncertainty:
             def fn(x):
-                return model.predict_with_uncertainty(x, self.num_samples)
+                return model.predict_with_uncertainty(x, self.num_samples, generator=generator)
         else:
             def fn(x):
-                return model.sample(x, self.num_samples).mean(0)
+                return model.sample(x, self.num_samples, generator=generator).mean(0)
         with torch.no_grad():
             return fn(inputs) if self.window is None else self.window(inputs, fn)

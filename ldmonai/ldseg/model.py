@@ -16,8 +16,14 @@ from monai.networks.utils import one_hot
 
 from ldmonai.diffusion import predict_original
 from ldmonai.ldseg.image_encoder import ImageEncoder
-from ldmonai.ldseg.label_autoencoder import LabelAutoencoder
+from ldmonai.ldseg.label_autoencoder import LabelAutoencoder, standardise
 from ldmonai.ldseg.segmenter import DiffusionSegmenter
+
+
+#: What the label decoder reads in training (see :class:`LDSeg`).
+DECODE_FROM = ("residual", "x0")
+#: What the denoiser predicts (see :class:`LDSeg`).
+PREDICTION_TYPES = ("sample", "epsilon")
 
 
 def check_divisible(image: torch.Tensor, factor: int, what: str) -> None:
@@ -62,6 +68,16 @@ class LDSeg(DiffusionSegmenter):
         sampler: ``ddim`` or ``ddpm``.
         num_inference_steps: reverse steps at sampling time.
         num_samples: samples averaged by ``forward``.
+        latent_norm: ``standardise`` (the reference's) or ``tanh``; see
+            :class:`~ldmonai.ldseg.label_autoencoder.LabelAutoencoder`.
+        prediction_type: what the denoiser predicts. ``sample`` (ours): ``z0`` itself; the
+            decoder reads it and the denoising MSE compares it with ``z0``. ``epsilon`` (the
+            reference's): the noise; the decoder then reads ``decode_from``.
+        decode_from: with ``epsilon``, what the label decoder reads in training.
+            ``residual`` (the reference's): ``z_t - eps_hat``. ``x0``: the clamped DDIM
+            estimate ``(z_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)``.
+        ema_decay: decay of the denoiser's weight average used for sampling (0.999 as
+            published); None samples with the trained weights.
 
     The defaults are the published sizes (the authors' reference code), as in the bundle's
     ``configs/paper.json``.
@@ -86,13 +102,22 @@ class LDSeg(DiffusionSegmenter):
         sampler: str = "ddim",
         num_inference_steps: int = 10,
         num_samples: int = 1,
+        latent_norm: str = "standardise",
+        prediction_type: str = "sample",
+        decode_from: str = "residual",
+        ema_decay: float | None = 0.999,
     ) -> None:
         super().__init__()
+        if decode_from not in DECODE_FROM:
+            raise ValueError(f"decode_from must be one of {DECODE_FROM}, got {decode_from!r}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        self.decode_from = decode_from
         self.num_classes = num_classes
         self.num_samples = num_samples
         self.latent_channels = latent_channels
         self.label_autoencoder = LabelAutoencoder(
-            spatial_dims, num_classes, latent_channels, encoder_channels, num_res_units
+            spatial_dims, num_classes, latent_channels, encoder_channels, num_res_units, latent_norm
         )
         self.image_encoder = ImageEncoder(spatial_dims, in_channels, embed_channels, encoder_channels, num_res_units)
         self.denoiser = DiffusionModelUNet(
@@ -109,7 +134,11 @@ class LDSeg(DiffusionSegmenter):
         # per extra level: inputs must divide by both, or MONAI fails deep inside the denoiser.
         self.latent_factor = self.label_autoencoder.factor
         self.factor = self.latent_factor * 2 ** (len(tuple(denoiser_channels)) - 1)
-        self.set_schedule(num_train_timesteps, schedule, sampler, num_inference_steps)
+        self.set_schedule(
+            num_train_timesteps, schedule, sampler, num_inference_steps,
+            clip_sample=latent_norm == "tanh", prediction_type=prediction_type,
+        )
+        self.enable_ema(ema_decay)
 
     def training_outputs(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         """One end-to-end training pass.
@@ -126,10 +155,22 @@ class LDSeg(DiffusionSegmenter):
         z0 = self.label_autoencoder.encode(one_hot(label.long(), self.num_classes))
         embedding = self.image_encoder(image)
         noise, t, z_t = self.noised(z0)
-        noise_pred = self.conditioned(embedding)(z_t, t)
-        # Clamped like DDIM's x0 clipping: at large t the x0 estimate divides by ~0.
-        z0_hat = predict_original(self.scheduler, z_t, noise_pred, t).clamp(-1.0, 1.0)
-        return {"logits": self.label_autoencoder.decode(z0_hat), "noise": noise, "noise_pred": noise_pred}
+        output = self.conditioned(embedding)(z_t, t)
+        if self.prediction_type == "sample":
+            # The segmentation loss and the denoising MSE then ask the same of the denoiser
+            # (z0_hat close to z0); with epsilon they pull apart and the MSE stays at 1
+            # (docs/benchmarks.md, LDSeg ablation).
+            return {"logits": self.label_autoencoder.decode(output), "noise": z0, "noise_pred": output}
+        noise_pred = output
+        if self.decode_from == "residual":
+            # The segmentation loss reaches eps_hat with gain 1 at every t. Through the x0
+            # estimate the gain is sqrt(1 - abar_t) / sqrt(abar_t), about 600 at t = 999, and
+            # that term, not the noise MSE, decides what the denoiser learns.
+            z_hat = z_t - noise_pred
+        else:
+            # Clamped like DDIM's x0 clipping: at large t the x0 estimate divides by ~0.
+            z_hat = predict_original(self.scheduler, z_t, noise_pred, t).clamp(-1.0, 1.0)
+        return {"logits": self.label_autoencoder.decode(z_hat), "noise": noise, "noise_pred": noise_pred}
 
     @torch.no_grad()
     def sample(self, image: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -143,6 +184,7 @@ class LDSeg(DiffusionSegmenter):
         check_divisible(image, self.factor, "LDSeg")
         b = image.shape[0]
         embedding = self.image_encoder(image).repeat(num_samples, *([1] * (image.ndim - 1)))
-        z = self.reverse(embedding, self.latent_channels, generator)
+        renormalise = standardise if self.label_autoencoder.latent_norm == "standardise" else None
+        z = self.reverse(embedding, self.latent_channels, generator, renormalise)
         probs = torch.softmax(self.label_autoencoder.decode(z), dim=1)
         return probs.reshape(num_samples, b, *probs.shape[1:])

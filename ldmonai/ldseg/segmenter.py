@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from ldmonai.diffusion import build_scheduler, denoise
 from ldmonai.ldseg.uncertainty import stack_maps, uncertainty_maps
@@ -62,15 +63,64 @@ class DiffusionSegmenter(Segmenter):
 
     denoiser: nn.Module
 
-    def set_schedule(self, num_train_timesteps: int, schedule: str, sampler: str, num_inference_steps: int) -> None:
+    def set_schedule(
+        self,
+        num_train_timesteps: int,
+        schedule: str,
+        sampler: str,
+        num_inference_steps: int,
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+    ) -> None:
         self.num_train_timesteps = num_train_timesteps
         self.schedule = schedule
+        self.prediction_type = prediction_type
+        # x0 clipping to [-1, 1] is right for a mask in [-1, 1], wrong for a unit-variance latent
+        self.clip_sample = clip_sample
         self.set_sampler(sampler, num_inference_steps)
 
     def set_sampler(self, sampler: str, num_inference_steps: int) -> None:
         """Switch between DDIM and DDPM sampling; training is unaffected (same alphas)."""
-        self.scheduler = build_scheduler(sampler, self.num_train_timesteps, self.schedule)
+        self.scheduler = build_scheduler(
+            sampler, self.num_train_timesteps, self.schedule, clip_sample=self.clip_sample, prediction_type=self.prediction_type
+        )
         self.num_inference_steps = num_inference_steps
+        self.sampler = sampler
+
+    def enable_ema(self, decay: float | None) -> None:
+        """Keep an exponential moving average of the denoiser's weights for sampling.
+
+        ``w_ema <- d w_ema + (1 - d) w`` after every optimiser step (:meth:`update_ema`),
+        with ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates: the warm-up keeps a
+        short run (a few hundred steps at 0.999) from sampling with mostly initial weights.
+        The average lives in the state dict, so checkpoints carry it. ``None`` turns it off.
+        """
+        self.ema_decay = decay
+        if decay is None:
+            self.ema_denoiser = None
+            return
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {decay}")
+
+        def average(avg: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+            return d * avg + (1.0 - d) * current
+
+        self.ema_denoiser = AveragedModel(self.denoiser, avg_fn=average, use_buffers=True)
+        self.ema_denoiser.requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Fold the denoiser's current weights into the average (no-op without EMA)."""
+        if getattr(self, "ema_denoiser", None) is not None:
+            self.ema_denoiser.update_parameters(self.denoiser)
+
+    def sampling_denoiser(self) -> nn.Module:
+        """The EMA denoiser once it has seen an update, else the trained one."""
+        ema = getattr(self, "ema_denoiser", None)
+        if ema is not None and int(ema.n_averaged) > 0:
+            return ema.module
+        return self.denoiser
 
     def noised(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(noise, t, x_t)`` for a training step: one noise draw and one timestep per item,
@@ -79,18 +129,27 @@ class DiffusionSegmenter(Segmenter):
         t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
         return noise, t, self.scheduler.add_noise(x0, noise, t)
 
-    def conditioned(self, condition: torch.Tensor):
+    def conditioned(self, condition: torch.Tensor, network: nn.Module | None = None):
         """``fn(x_t, t)``: the denoiser's output for ``[x_t, condition]``.
 
         Sampling replays the denoiser from a trace (:func:`~ldmonai.networks.replayer`): the
         same numbers without the per-step Python; training calls it directly.
         """
-        denoiser = replayer(self.denoiser)
+        denoiser = replayer(network if network is not None else self.denoiser)
         return lambda x, t: denoiser(torch.cat([x, condition], dim=1), t)
 
-    def reverse(self, condition: torch.Tensor, channels: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Denoise fresh noise ``(len(condition), channels, *condition.shape[2:])`` to x0."""
+    def reverse(
+        self, condition: torch.Tensor, channels: int, generator: torch.Generator | None = None, renormalise=None
+    ) -> torch.Tensor:
+        """Denoise fresh noise ``(len(condition), channels, *condition.shape[2:])`` to x0.
+
+        ``renormalise(x)``, when given, is applied to the start noise, before every step and
+        to the result (LDSeg's standardised latent).
+        """
         shape = (condition.shape[0], channels, *condition.shape[2:])
         device = condition.device if generator is None else generator.device
         x = torch.randn(shape, generator=generator, device=device).to(condition.device)
-        return denoise(self.scheduler, self.conditioned(condition), x, self.num_inference_steps, generator)
+        guide = None if renormalise is None else (lambda z, t: renormalise(z))
+        fn = self.conditioned(condition, self.sampling_denoiser())
+        x = denoise(self.scheduler, fn, x, self.num_inference_steps, generator, guide=guide)
+        return x if renormalise is None else renormalise(x)
