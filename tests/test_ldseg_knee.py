@@ -70,7 +70,7 @@ def trained(tmp_path_factory):
     proc = monai_bundle(
         "run", "--config_file", CONFIGS / "train.json", "--bundle_root", root, "--dataset_dir", root / "data",
         "--spatial_dims", 3, "--num_classes", 3, "--roi_size", json.dumps(list(SHAPE)), "--batch_size", 2,
-        "--epochs", 150, "--val_interval", 50, "--noise_check_iterations", 100, timeout=1500)
+        "--epochs", 100, "--val_interval", 50, "--noise_check_iterations", 100, timeout=1500)
     return root, datalist, proc.stdout + proc.stderr
 
 
