@@ -36,6 +36,7 @@ from ldmonai.prep.dicom import convert_tree
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 SHIPPED = "demo_tiny.pt"
 SHIPPED_SVCT = "demo_svct_tiny.pt"  # the GDM bundle's second task, sparse-view CT
+SHIPPED_LDSEG_3D = "demo_tiny_3d.pt"  # the LDSeg bundle in 3D at 4 mm, the weights MONAI Label serves
 
 
 def sample_sources() -> list[tuple[Path, str]]:
@@ -137,9 +138,10 @@ class _Family:
     """One bundle in the demo: its data, its training runs and its inference runs, all through
     ``python -m monai.bundle run`` exactly as a user would type them."""
 
-    def __init__(self, label: str, bundle: str, out: Path, shipped: str = SHIPPED, model: str = "models/model.pt"):
+    def __init__(self, label: str, bundle: str, out: Path, shipped: str = SHIPPED, model: str = "models/model.pt",
+                 name: str | None = None):
         self.label, self.bundle, self.shipped = label, bundle, shipped
-        self.root = out / bundle
+        self.root = out / (name or bundle)
         self.model = self.root / model  # where the bundle's train config writes its weights
         self.configs = BUNDLES / bundle / "configs"
 
@@ -237,6 +239,24 @@ def ldseg_demo(out: Path, train: bool = False, export: bool = False) -> int:
         f"LDSeg weights: {fam.model}\nSegmentations, uncertainty maps and PNG previews: {fam.root / 'inference'}")
 
 
+def ldseg3d_demo(out: Path, train: bool = False, export: bool = False) -> int:
+    """Tiny 3D LDSeg on MNI152 tissue volumes at 4 mm, the weights MONAI Label serves: segment the
+    held-out volumes with one seeded sample each; the model's settings come from the checkpoint."""
+    from ldmonai.data import make_tissue_dataset
+
+    fam = _Family("LDSeg-3D", "ldseg", out, shipped=SHIPPED_LDSEG_3D, name="ldseg3d")
+    datalist = make_tissue_dataset(fam.root / "data", 3, num_train=16, num_val=4, num_test=2, size=48, seed=0)
+    train_steps = [("training tiny 3D LDSeg on MNI152 tissue volumes resampled to 4 mm (60 epochs, about 3 minutes "
+                    "on 2 cores)",
+                    ["--config_file", fam.config("train.json"), "--dataset_dir", fam.root / "data", "--spatial_dims", 3,
+                     "--spacing", "[4.0, 4.0, 4.0]", "--batch_size", 4, "--epochs", 60, "--val_interval", 30])]
+    return fam.demo(train, export, train_steps, [
+        ("segmenting the held-out volumes (resampled to the model's 4 mm and back)",
+         ["--config_file", fam.config("inference.json"), "--input", datalist, "--output_dir", fam.root / "inference",
+          "--num_samples", 1])],
+        f"LDSeg 3D weights: {fam.model}\nSegmentations (on each input's grid) and previews: {fam.root / 'inference'}")
+
+
 def _phantom_datalist(fam: _Family) -> Path:
     """The GDM families' data: 10 MR/CT head phantoms at 48^3 and one datalist for training and
     inference, so that inference sees only the cases training held out."""
@@ -326,6 +346,7 @@ def ld_demo(out: Path, train: bool = False, export: bool = False) -> int:
 
 
 FAMILIES = (("LDSeg: tissue segmentation with uncertainty", ldseg_demo),
+            ("LDSeg-3D: tissue segmentation of volumes at 4 mm", ldseg3d_demo),
             ("GDM: MR-to-CT synthesis", gdm_demo),
             ("GDM-SVCT: sparse-view CT from a CT volume", svct_demo),
             ("LD: latent drift search and generation", ld_demo))

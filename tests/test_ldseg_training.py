@@ -96,8 +96,11 @@ def test_ema_follows_its_warmed_up_recursion():
     torch.testing.assert_close(ema_weight, torch.full_like(ema_weight, expected))
     assert net.sampling_denoiser() is net.ema_denoiser.module
     assert not any(p.requires_grad for p in net.ema_denoiser.parameters())
-    # the average travels in the state dict
+    # the average travels in the training state; the sampling weights put it in the denoiser's place
     assert any(k.startswith("ema_denoiser.") for k in net.state_dict())
+    sampling = net.sampling_state_dict()
+    assert not any(k.startswith("ema_denoiser.") for k in sampling)
+    torch.testing.assert_close(sampling["denoiser.conv_in.conv.weight"], ema_weight)
 
 
 def _engine_with(values):
@@ -128,11 +131,11 @@ def test_checkpoint_carries_its_config_and_a_contradiction_is_one_line(tmp_path)
     saved = checkpoint_config(tmp_path / "model.pt")
     assert saved["num_classes"] == 3 and saved["label_names"] == {"0": "background", "1": "a", "2": "b"}
     assert saved["encoder_channels"] == [8, 16]
-    other = LDSeg(2, 1, 3, **TINY)
+    other = LDSeg(2, 1, 3, **TINY, ema_decay=None)  # as inference builds it: model.pt holds no second average
     ConfiguredCheckpointLoader(tmp_path / "model.pt", other, {"num_classes": 3})()
-    torch.testing.assert_close(other.state_dict(), net.state_dict())
+    torch.testing.assert_close(other.state_dict(), net.sampling_state_dict())
     with pytest.raises(LdmonaiError, match="trained with num_classes=3, but this run uses num_classes=4"):
-        ConfiguredCheckpointLoader(tmp_path / "model.pt", LDSeg(2, 1, 4, **TINY), {"num_classes": 4})()
+        ConfiguredCheckpointLoader(tmp_path / "model.pt", LDSeg(2, 1, 4, **TINY, ema_decay=None), {"num_classes": 4})()
     # a plain state dict has no config: the load itself is checked, in one line
     torch.save(net.state_dict(), tmp_path / "plain.pt")
     assert checkpoint_config(tmp_path / "plain.pt") == {}

@@ -81,6 +81,15 @@ def oblique_head(path: Path, work: Path) -> np.ndarray:
     return affine
 
 
+def mni_head(path: Path) -> np.ndarray:
+    """A whole 1 mm head with skull (the MNI152 2009a T1 from the nilearn wheel, 197x233x189)."""
+    from ldmonai.prep.templates import MNI152_FILES, nilearn_template_dir
+
+    image = nib.load(nilearn_template_dir() / MNI152_FILES["t1"])
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32), image.affine), path)
+    return image.affine
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     python = label_env()
@@ -97,19 +106,21 @@ def server(tmp_path_factory):
     pristine = sorted(p.relative_to(app) for p in app.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert Path("main.py") in pristine
 
-    # A packed 3D bundle with weights from its own network definition (the server's job is
-    # to run what the bundle describes; accuracy is the bundle tests' business).
+    # LDSeg 3D with its shipped tiny weights (MNI152 tissue at 4 mm; the checkpoint carries the
+    # settings, spacing included), GDM with weights from its own network definition (the
+    # server's job is to run what the bundle describes; accuracy is the bundle tests' business).
     from monai.bundle import ConfigParser
 
     from ldmonai.bundle import pack_bundle
 
-    for name, bundle, overrides in [("ldseg_3d", "ldseg", {"spatial_dims": 3}), ("gdm_mri2ct", "gdm", {})]:
-        parser = ConfigParser()
-        parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.json"))
-        parser.update({**overrides, "device": "$torch.device('cpu')"})
-        torch.manual_seed(0)
-        torch.save(parser.get_parsed_content("network_def").state_dict(), root / f"{name}.pt")
-        pack_bundle(ROOT / "bundles" / bundle, app / "model" / name, overrides, weights=root / f"{name}.pt")
+    pack_bundle(ROOT / "bundles" / "ldseg", app / "model" / "ldseg_3d", {"spatial_dims": 3},
+                weights=ROOT / "bundles" / "ldseg" / "models" / "demo_tiny_3d.pt")
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / "gdm" / "configs" / "inference.json"))
+    parser.update({"device": "$torch.device('cpu')"})
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "gdm_mri2ct.pt")
+    pack_bundle(ROOT / "bundles" / "gdm", app / "model" / "gdm_mri2ct", {}, weights=root / "gdm_mri2ct.pt")
 
     studies = root / "studies"
     studies.mkdir()
@@ -117,6 +128,7 @@ def server(tmp_path_factory):
         "case_a": oblique_volume(studies / "case_a.nii.gz", (40, 36, 24), 1),
         "case_b": oblique_volume(studies / "case_b.nii.gz", (32, 32, 32), 2),
         "head_c": oblique_head(studies / "head_c.nii.gz", root / "phantom"),
+        "mni_head": mni_head(studies / "mni_head.nii.gz"),
     }
     # a truncated download: MONAI Label lists it like any study
     (studies / "broken_d.nii.gz").write_bytes((studies / "case_a.nii.gz").read_bytes()[:200])
@@ -184,6 +196,29 @@ def test_infer_returns_label_on_input_grid(server, case, tmp_path):
     unc = result["uncertainty"]
     assert set(unc) == {"entropy", "variance"}
     assert 0.0 <= unc["entropy"]["all"] <= np.log(4) + 1e-5 and unc["variance"]["all"] >= 0.0
+
+
+def test_ldseg_serves_a_1mm_head_deterministically_and_interactively(server, tmp_path):
+    """The shipped 3D weights on a whole 1 mm head: resampled to the model's 4 mm and back, one
+    seeded sample per request, so the same request gives the same label map (docs/bundles.md)."""
+    url = f"{server['url']}/infer/ldseg_3d"
+    maps, seconds = [], []
+    for i in range(2):
+        start = time.perf_counter()
+        r = requests.post(url, params={"image": "mni_head", "output": "image"}, data={"params": "{}"}, timeout=600)
+        seconds.append(time.perf_counter() - start)
+        assert r.status_code == 200, r.text[:2000]
+        (tmp_path / f"{i}.nii.gz").write_bytes(r.content)
+        label = nib.load(tmp_path / f"{i}.nii.gz")
+        assert label.shape == (197, 233, 189)
+        np.testing.assert_allclose(label.affine, server["affines"]["mni_head"], atol=1e-4)
+        maps.append(np.asarray(label.dataobj))
+    print(f"1 mm head through MONAI Label: {seconds[0]:.1f} s, then {seconds[1]:.1f} s")
+    np.testing.assert_array_equal(maps[0], maps[1])
+    assert set(np.unique(maps[0]).tolist()) <= {0, 1, 2, 3} and (maps[0] > 0).mean() > 0.05
+    # docs/benchmarks.md records the time on an idle machine (the target is 30 s); this bound leaves
+    # room for a busy CI runner while still failing on the 443 to 586 s of the first version
+    assert seconds[1] < 90, seconds
 
 
 @pytest.mark.parametrize("case", ["head_c", "case_b"])

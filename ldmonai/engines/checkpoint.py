@@ -201,6 +201,10 @@ class BestModelSaver:
     Attach to a MONAI evaluator that has a ``key_val_metric``; it reads ``best_metric_epoch``.
     The first validation always writes, so a run leaves a model file even if it never improves.
 
+    The file holds what inference samples with: a model's ``sampling_state_dict()`` where it has
+    one (LDSeg: the denoiser's EMA in the denoiser's place), else its ``state_dict()``; the
+    resumable training state, average included, is :class:`ResumableCheckpoint`'s.
+
     With ``config`` (the network's arguments, label names, spacing: anything JSON-like), the file
     is ``{"model": state_dict, "config": config}``, which MONAI's ``CheckpointLoader`` with
     ``load_dict={"model": net}`` reads unchanged, and inference reads its model from
@@ -222,7 +226,9 @@ class BestModelSaver:
             return
         best_epoch = getattr(engine.state, "best_metric_epoch", -1)
         if best_epoch == engine.state.epoch or not self.path.exists():
-            state = unwrap(self.network).state_dict()
+            network = unwrap(self.network)
+            # the sampling weights (an LDSeg's EMA in place of its denoiser), not the training state
+            state = getattr(network, "sampling_state_dict", network.state_dict)()
             atomic_torch_save(state if self.config is None else {"model": state, "config": self.config}, self.path)
 
 

@@ -115,6 +115,17 @@ class DiffusionSegmenter(Segmenter):
         if getattr(self, "ema_denoiser", None) is not None:
             self.ema_denoiser.update_parameters(self.denoiser)
 
+    def sampling_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights inference needs: the denoiser's entries hold the EMA's values, and the
+        average itself is left out (half the denoiser's bytes; load into a model built with
+        ``ema_decay=None``). Without an EMA, the plain state dict."""
+        state = self.state_dict()
+        ema = getattr(self, "ema_denoiser", None)
+        if ema is None or int(ema.n_averaged) == 0:
+            return {k: v for k, v in state.items() if not k.startswith("ema_denoiser.")}
+        averaged = {f"denoiser.{k}": v for k, v in ema.module.state_dict().items()}
+        return {k: averaged.get(k, v) for k, v in state.items() if not k.startswith("ema_denoiser.")}
+
     def sampling_denoiser(self) -> nn.Module:
         """The EMA denoiser once it has seen an update, else the trained one."""
         ema = getattr(self, "ema_denoiser", None)

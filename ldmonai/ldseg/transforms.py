@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping
+from typing import Mapping
 
 import torch
 from monai.config import KeysCollection
