@@ -210,7 +210,7 @@ class _Family:
 
         target = BUNDLES / self.bundle / "models" / self.shipped
         _copy(self.model, target)
-        relative = [[what, [str(a).replace(str(self.root), "<demo_out>/" + self.bundle).replace(str(BUNDLES), "bundles")
+        relative = [[what, [str(a).replace(str(self.root), "<demo_out>/" + self.root.name).replace(str(BUNDLES), "bundles")
                             for a in args]] for what, args in train_steps]
         atomic_write_json(target.with_suffix(".json"), {
             "file": self.shipped, "sha256": _sha256(target), "state_sha256": state_digest(target),

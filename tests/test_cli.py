@@ -87,6 +87,16 @@ def test_demo_runs_every_stage_from_a_relative_out_dir(tmp_path):
         ref = np.asarray(nib.load(demo / "ldseg" / "data" / entry["label"]).dataobj)
         dice = [2 * ((seg == c) & (ref == c)).sum() / ((seg == c).sum() + (ref == c).sum()) for c in (1, 2, 3)]
         assert np.mean(dice) > 0.6, (stem, dice)
+    # 3b. LDSeg 3D (shipped 4 mm weights): the held-out volumes, on each volume's own grid
+    data = json.loads((demo / "ldseg3d" / "data" / "datalist.json").read_text())
+    for entry in data["test"]:
+        stem = Path(entry["image"]).name.split(".")[0]
+        seg = nib.load(demo / "ldseg3d" / "inference" / f"{stem}_seg.nii.gz")
+        ref = nib.load(demo / "ldseg3d" / "data" / entry["label"])
+        assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine, atol=1e-4)
+        seg, ref = np.asarray(seg.dataobj), np.asarray(ref.dataobj)
+        dice = [2 * ((seg == c) & (ref == c)).sum() / ((seg == c).sum() + (ref == c).sum()) for c in (1, 2, 3)]
+        assert np.mean(dice) > 0.4, (stem, dice)  # 0.53 measured (CSF 0.22, grey 0.73, white 0.65)
     # 4. GDM synthesises CT for the two held-out cases only, closer to the reference than water
     sct = sorted((demo / "gdm" / "inference").glob("*_sct.nii.gz"))
     assert [p.name for p in sct] == ["HPH008_sct.nii.gz", "HPH009_sct.nii.gz"], sct
@@ -136,7 +146,7 @@ def test_shipped_demo_weights_match_their_manifest(bundle, name):
     manifest = json.loads(path.with_suffix(".json").read_text())
     # produced by the bundle's own train config, as the manifest records
     assert any("configs/train.json" in arg for _, args in manifest["bundle_runs"] for arg in args), manifest
-    assert path.stat().st_size < 6e6 and torch.load(path, weights_only=True)
+    assert path.stat().st_size < (9e6 if "3d" in name else 6e6) and torch.load(path, weights_only=True)
     assert state_digest(path) == manifest["state_sha256"]
     # the model-zoo manifest lists the same file and hash
     assert f'hash_val: "{manifest["sha256"]}"' in (path.parent / "large_files.yml").read_text()
