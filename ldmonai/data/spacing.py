@@ -23,7 +23,15 @@ class OptionalSpacingd(Spacingd):
         super().__init__(keys, pixdim=pixdim if self.enabled else 1.0, **kwargs)
 
     def __call__(self, data: Mapping, lazy: bool | None = None) -> dict:
-        return super().__call__(data, lazy=lazy) if self.enabled else dict(data)
+        if not self.enabled:
+            return dict(data)
+        # MONAI Label's requests carry ``image_meta_dict`` as a string, which Spacingd would try to
+        # update in place: keep such entries out of its way and put them back afterwards.
+        d = dict(data)
+        aside = {k: d.pop(k) for k in list(d) if k.endswith("_meta_dict") and not isinstance(d[k], dict)}
+        out = super().__call__(d, lazy=lazy)
+        out.update(aside)
+        return out
 
     def inverse(self, data: Mapping) -> dict:
         return super().inverse(data) if self.enabled else dict(data)
