@@ -177,3 +177,29 @@ def test_label_names_and_split_come_from_the_datalist(tmp_path):
     assert evaluation_split(datalist) == "test"
     datalist.write_text(json.dumps({"training": [{}], "validation": [{}]}))
     assert evaluation_split(datalist) == "validation"
+
+
+def test_optional_spacing_resamples_and_inverts_back_onto_the_input_grid():
+    import numpy as np
+    from monai.transforms import Compose, Invertd
+
+    from ldmonai.data import OptionalSpacingd
+
+    affine = torch.tensor([[0.0, -2.0, 0.0, 10.0], [2.0, 0.0, 0.0, -5.0], [0.0, 0.0, 1.0, 3.0], [0, 0, 0, 1.0]])
+    image = MetaTensor(torch.rand(1, 20, 16, 24), affine=affine, meta={"filename_or_obj": "head.nii.gz"})
+    pre = Compose([OptionalSpacingd("image", pixdim=(4.0, 4.0, 4.0), mode="bilinear")])
+    d = pre({"image": image, "image_path": "as MONAI Label sends it"})
+    assert d["image_path"] == "as MONAI Label sends it"
+    # 40x32x24 mm at 4 mm; MONAI rounds the centre-to-centre extent up, (24 - 1) / 4 + 1 -> 7
+    assert tuple(d["image"].shape[1:]) == (10, 8, 7)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(d["image"].affine)[:3, :3], axis=0), [4.0, 4.0, 4.0], atol=1e-5)
+    d["seg"] = MetaTensor((d["image"] > 0.5).float())
+    back = Invertd("seg", transform=pre, orig_keys="image", nearest_interp=True)(d)
+    assert tuple(back["seg"].shape[1:]) == (20, 16, 24)
+    np.testing.assert_allclose(np.asarray(back["seg"].affine), affine.numpy(), atol=1e-5)
+    # off: nothing is resampled and the inverse is a no-op
+    off = Compose([OptionalSpacingd("image", pixdim=None)])
+    same = off({"image": image})
+    assert same["image"] is image
+    d2 = {"image": same["image"], "seg": MetaTensor(torch.ones(1, 20, 16, 24))}
+    assert tuple(Invertd("seg", transform=off, orig_keys="image")(d2)["seg"].shape[1:]) == (20, 16, 24)

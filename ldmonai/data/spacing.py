@@ -25,10 +25,12 @@ class OptionalSpacingd(Spacingd):
     def __call__(self, data: Mapping, lazy: bool | None = None) -> dict:
         if not self.enabled:
             return dict(data)
-        # MONAI Label's requests carry ``image_meta_dict`` as a string, which Spacingd would try to
-        # update in place: keep such entries out of its way and put them back afterwards.
+        # For NIfTI inputs Spacingd updates every ``<key>_*`` entry in place as if it were a meta
+        # dict; MONAI Label's requests carry strings there (``image_path``): keep such entries out of
+        # its way and put them back afterwards.
         d = dict(data)
-        aside = {k: d.pop(k) for k in list(d) if k.endswith("_meta_dict") and not isinstance(d[k], dict)}
+        prefixes = tuple(f"{k}_" for k in self.keys)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)}
         out = super().__call__(d, lazy=lazy)
         out.update(aside)
         return out
