@@ -6,14 +6,12 @@
 - Inference writes synthetic CT in HU on the MR's grid, a preview, and resumes.
 """
 
-import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from conftest import monai_bundle
 

@@ -4,8 +4,6 @@ import json
 import math
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
