@@ -99,6 +99,7 @@ def find_cases(source: str | os.PathLike) -> list[dict]:
         for split in ("training", "validation", "test"):
             for item in data.get(split, []) if isinstance(data, dict) else []:
                 item = {"image": item} if isinstance(item, str) else dict(item)
+                item["split"] = split
                 if "image" not in item:
                     raise LdmonaiError(f"a '{split}' entry has no 'image' key: {item}", source, "add the image path")
                 for key in ("image", "mask", "label"):
@@ -115,8 +116,49 @@ def find_cases(source: str | os.PathLike) -> list[dict]:
                        and p.name.lower().endswith(IMAGE_SUFFIXES))
         if not files:
             raise LdmonaiError("folder holds no images", source, f"put images ({', '.join(IMAGE_SUFFIXES)}) in it")
-        return [{"image": str(p)} for p in files]
+        return _pair_labels(files)
     raise UsageError("input not found", source, "pass an image, a folder of images or a datalist JSON")
+
+
+#: A file named like an image plus one of these is that image's label map, not a case of its own.
+LABEL_SUFFIXES = ("_label", "_labels", "_seg")
+
+
+def _pair_labels(files: list[Path]) -> list[dict]:
+    """One entry per image; ``X_label.nii.gz`` beside ``X.nii.gz`` becomes that entry's ``label``.
+
+    A folder of segmentation data (``Case1.nii.gz``, ``Case1_label.nii.gz``) is a list of pairs:
+    resampling the label as an image would interpolate its class ids.
+    """
+    by_name = {(p.parent, image_stem(p)): p for p in files}
+    labels = {}
+    for p in files:
+        stem = image_stem(p)
+        for suffix in LABEL_SUFFIXES:
+            if stem.endswith(suffix) and (p.parent, stem[: -len(suffix)]) in by_name:
+                labels[(p.parent, stem[: -len(suffix)])] = p
+                break
+    paired = set(labels.values())
+    return [{"image": str(p), **({"label": str(labels[(p.parent, image_stem(p))])} if (p.parent, image_stem(p)) in labels else {})}
+            for p in files if p not in paired]
+
+
+def write_output_datalist(records: list[dict], entries: dict[str, dict], out_root: Path) -> Path:
+    """``OUT/datalist.json``: each finished case's outputs, in its input split (``training`` otherwise),
+    with paths relative to OUT, so the bundles train on the prepared data directly."""
+    data: dict[str, list] = {}
+    for record in records:
+        files = record.get("files", {})
+        if "image" not in files:
+            continue
+        item = {"image": os.path.relpath(files["image"], out_root)}
+        for key, name in (("label", "labels"), ("mask", "mask")):
+            if name in files:
+                item[key] = os.path.relpath(files[name], out_root)
+        data.setdefault(entries.get(record["case"], {}).get("split", "training"), []).append(item)
+    path = out_root / "datalist.json"
+    atomic_write_json(path, data)
+    return path
 
 
 def case_ids(entries: list[dict]) -> list[str]:
@@ -225,7 +267,8 @@ def _run_steps(config: dict, entry: dict, case_id: str, out_dir: Path, participa
     if case.mask is not None:
         case.files["mask"] = str(write_image(case.mask, out_dir / f"{case_id}_mask.nii.gz"))
     if case.labels is not None:
-        case.files["labels"] = str(write_image(case.labels, out_dir / f"{case_id}_labels.nii.gz"))
+        # the input's own naming (Case1_label.nii.gz), which the bundles' datalists expect
+        case.files["labels"] = str(write_image(case.labels, out_dir / f"{case_id}_label.nii.gz"))
     record = {"case": case_id, "source": entry["image"], "files": case.files, "seconds": timings,
               "total_seconds": round(time.perf_counter() - start, 3), "slices": case.slices,
               "meta": case.meta, "config_digest": config_digest(config)}
@@ -333,6 +376,7 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
     records.sort(key=lambda r: r["case"])
     report.done.sort()  # workers finish in any order; the report lists cases in one
     write_slice_index(records, out_root)
+    write_output_datalist(records, dict(zip(case_ids(entries), entries)), out_root)
     report.seconds = time.perf_counter() - start
     atomic_write_json(out_root / REPORT_NAME, report.to_dict())
     return report

@@ -51,7 +51,12 @@ def resample_to_spacing(image: sitk.Image, spacing, interpolator: str = "linear"
         sigma = np.where(spacing > old_spacing, spacing / 2.0, 0.0)
         floating = sitk.Cast(image, sitk.sitkFloat32)
         if min(image.GetSize()) >= 4:
-            source = sitk.SmoothingRecursiveGaussian(floating, sigma.tolist())
+            # One axis at a time, and only along the axes whose spacing grows: the joint filter
+            # refuses a zero sigma, which an axis already at the target spacing needs.
+            source = floating
+            for axis, s in enumerate(sigma.tolist()):
+                if s > 0:
+                    source = sitk.RecursiveGaussian(source, s, False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis)
         else:
             # The recursive filter needs 4 voxels on every axis; single slices and
             # localisers have 1. The kernel filter works at any size (variance in mm^2).
