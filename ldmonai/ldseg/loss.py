@@ -1,4 +1,9 @@
-"""LDSeg's one end-to-end objective: ``L = CE + 2 (1 - Dice) + lambda MSE(eps, eps_hat)``.
+"""LDSeg's one end-to-end objective: ``L = CE + 2 (1 - Dice) + lambda MSE(target, prediction)``.
+
+The denoising term compares the denoiser's output with its target: ``z0`` for LDSeg's default
+``prediction_type="sample"``, the noise ``eps`` otherwise (and for the pixel-space baseline); the
+model names both ``noise`` and ``noise_pred`` in its training outputs, and the term is logged as
+``train_noise``.
 
 Each term is returned separately too, so TensorBoard shows which one moves. Terms whose
 inputs a segmenter does not produce (no noise for the deterministic baseline, no logits
@@ -18,7 +23,7 @@ class SegmentationLoss:
     Args:
         ce_weight: weight of cross-entropy on the decoded logits.
         dice_weight: weight of ``1 - Dice`` (2 as published).
-        noise_weight: lambda, weight of the noise-prediction MSE.
+        noise_weight: lambda, weight of the denoising MSE.
         include_background: whether Dice counts class 0.
     """
 

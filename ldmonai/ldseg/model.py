@@ -39,14 +39,21 @@ def check_divisible(image: torch.Tensor, factor: int, what: str) -> None:
 class LDSeg(DiffusionSegmenter):
     """Label autoencoder + image encoder + latent denoiser, trained end to end.
 
-    Training (``training_outputs``): the one-hot label is encoded to ``z0``; a random
-    timestep and noise give ``z_t``; the denoiser predicts the noise from ``[z_t, e(x)]``;
-    the predicted ``z0`` is decoded to class logits. The loss
-    (:class:`~ldmonai.ldseg.loss.SegmentationLoss`) is ``CE + 2 (1 - Dice) + lambda MSE``,
-    so the segmentation terms reach the label encoder through the denoised latent.
+    Training (``training_outputs``), with ``prediction_type="sample"`` (the default)::
 
-    Sampling (``sample``): N latents from independent noise for each image, denoised with
-    DDIM (10 to 15 steps) or DDPM, all N in one batched pass, then decoded.
+        z0     = standardise(E_label(onehot(y)))            # LabelAutoencoder.encode
+        z_t    = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps      # DiffusionSegmenter.noised, one t per item
+        z0_hat = D([z_t, E_image(x)], t)                     # the denoiser predicts z0
+        logits = E_label^-1(z0_hat)                          # LabelAutoencoder.decode
+
+    and :class:`~ldmonai.ldseg.loss.SegmentationLoss` adds ``CE + 2 (1 - Dice)`` on the logits to
+    ``lambda MSE(z0_hat, z0)``, so the segmentation terms reach the label encoder through the
+    denoised latent. With ``prediction_type="epsilon"`` the denoiser predicts ``eps`` and the decoder
+    reads ``z_t - eps_hat`` (the reference's) or the clamped x0 estimate (``decode_from``).
+
+    Sampling (``sample``): N latents from independent (standardised) noise for each image,
+    denoised with DDIM (10 to 15 steps) or DDPM, the latent standardised again before every step,
+    all N in one batched pass, then decoded.
 
     Args:
         spatial_dims: 2 or 3.
@@ -148,8 +155,9 @@ class LDSeg(DiffusionSegmenter):
             label: ``(B, 1, *S)`` integer class ids.
 
         Returns:
-            ``logits`` ``(B, C, *S)`` decoded from the denoised latent; ``noise`` and
-            ``noise_pred`` ``(B, L, *S/f)``.
+            ``logits`` ``(B, C, *S)`` decoded from the denoised latent; ``noise`` (the denoising
+            target: ``z0`` or ``eps``, per ``prediction_type``) and ``noise_pred`` (the denoiser's
+            output), ``(B, L, *S/f)`` each.
         """
         check_divisible(image, self.factor, "LDSeg")
         z0 = self.label_autoencoder.encode(one_hot(label.long(), self.num_classes))
