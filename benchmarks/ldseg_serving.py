@@ -61,7 +61,6 @@ def time_requests(configs: list[str], overrides: dict, repeats: int = 3) -> list
     parser = ConfigParser()
     parser.read_config(configs)
     parser.update(overrides)
-    parser.parse()
     times = []
     for i in range(repeats):
         # a fresh evaluator each time, as MONAI Label builds its transforms per request; resume off

@@ -64,7 +64,9 @@ def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def require_checkpoint(path: str | os.PathLike, bundle: str | None = None, demo: str = "demo_tiny.pt") -> str:
+def require_checkpoint(
+    path: str | os.PathLike, bundle: str | None = None, demo: str = "demo_tiny.pt", quiet: bool = False
+) -> str:
     """``path`` if it exists; else the shipped demo weights ``demo`` (beside ``path``, or those of
     ``bundles/<bundle>/models/`` when ``path`` is a config's default ``<bundle_root>/models/[<task>/]model.pt``),
     with a one-line notice on stderr; else a clear error saying how
@@ -73,7 +75,8 @@ def require_checkpoint(path: str | os.PathLike, bundle: str | None = None, demo:
     The fallback lets a newcomer run a bundle's inference straight after cloning, as the README
     writes it, with ``--bundle_root`` a working folder of their own. The notice names the file
     used, so trained weights that are simply missing are never mistaken for the demo's: pass
-    ``--ckpt_path`` to use any other file.
+    ``--ckpt_path`` to use any other file. ``quiet`` leaves the notice to a later call (a config
+    that reads the checkpoint's settings before the loader loads it).
     """
     import sys
 
@@ -89,8 +92,9 @@ def require_checkpoint(path: str | os.PathLike, bundle: str | None = None, demo:
 
         shipped = BUNDLES / bundle / "models" / demo
     if shipped.is_file():
-        print(f"ldmonai: note: {path} not found; using the shipped tiny demo weights {shipped} "
-              "(train the bundle, or pass --ckpt_path, to use others)", file=sys.stderr, flush=True)
+        if not quiet:
+            print(f"ldmonai: note: {path} not found; using the shipped tiny demo weights {shipped} "
+                  "(train the bundle, or pass --ckpt_path, to use others)", file=sys.stderr, flush=True)
         return str(shipped)
     raise LdmonaiError("no trained weights here", path,
                        "run the bundle's train config first, or pass --ckpt_path to a weights file")
@@ -179,14 +183,10 @@ def checkpoint_config(path: str | os.PathLike, bundle: str | None = None, demo: 
     plain state dict, or no file at all, gives ``{}``, so configs fall back to their own
     defaults and the loader reports what is wrong.
     """
-    import contextlib
-    import io
-
-    with contextlib.redirect_stderr(io.StringIO()):
-        try:
-            resolved = require_checkpoint(path, bundle, demo)
-        except Exception:  # noqa: BLE001  (the loader reports a missing file)
-            return {}
+    try:
+        resolved = require_checkpoint(path, bundle, demo, quiet=True)
+    except Exception:  # noqa: BLE001  (the loader reports a missing file)
+        return {}
     try:
         saved = torch.load(resolved, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001  (the loader reports a corrupt file)

@@ -79,6 +79,7 @@ class PixelDiffusionSegmenter(DiffusionSegmenter):
             num_head_channels=num_head_channels,
         )
         self.set_schedule(num_train_timesteps, schedule, sampler, num_inference_steps)
+        self.enable_ema(None)  # the MONAI tutorial design it stands for samples with the trained weights
 
     def training_outputs(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         x0 = one_hot(label.long(), self.num_classes) * 2.0 - 1.0

@@ -58,10 +58,11 @@ class DiffusionSegmenter(Segmenter):
     """A segmenter that samples by reverse diffusion with a ``denoiser`` conditioned by concatenation.
 
     Subclasses set ``self.denoiser`` (a MONAI ``DiffusionModelUNet`` taking ``[x_t, condition]``)
-    and call :meth:`set_schedule` once.
+    and call :meth:`set_schedule` and :meth:`enable_ema` once.
     """
 
     denoiser: nn.Module
+    ema_denoiser: AveragedModel | None  # set by enable_ema (a class default would hide the registered module)
 
     def set_schedule(
         self,
@@ -85,7 +86,6 @@ class DiffusionSegmenter(Segmenter):
             sampler, self.num_train_timesteps, self.schedule, clip_sample=self.clip_sample, prediction_type=self.prediction_type
         )
         self.num_inference_steps = num_inference_steps
-        self.sampler = sampler
 
     def enable_ema(self, decay: float | None) -> None:
         """Keep an exponential moving average of the denoiser's weights for sampling.
@@ -112,25 +112,21 @@ class DiffusionSegmenter(Segmenter):
     @torch.no_grad()
     def update_ema(self) -> None:
         """Fold the denoiser's current weights into the average (no-op without EMA)."""
-        if getattr(self, "ema_denoiser", None) is not None:
+        if self.ema_denoiser is not None:
             self.ema_denoiser.update_parameters(self.denoiser)
 
     def sampling_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights inference needs: the denoiser's entries hold the EMA's values, and the
         average itself is left out (half the denoiser's bytes; load into a model built with
         ``ema_decay=None``). Without an EMA, the plain state dict."""
-        state = self.state_dict()
-        ema = getattr(self, "ema_denoiser", None)
-        if ema is None or int(ema.n_averaged) == 0:
-            return {k: v for k, v in state.items() if not k.startswith("ema_denoiser.")}
-        averaged = {f"denoiser.{k}": v for k, v in ema.module.state_dict().items()}
-        return {k: averaged.get(k, v) for k, v in state.items() if not k.startswith("ema_denoiser.")}
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("ema_denoiser.")}
+        state.update({f"denoiser.{k}": v for k, v in self.sampling_denoiser().state_dict().items()})
+        return state
 
     def sampling_denoiser(self) -> nn.Module:
         """The EMA denoiser once it has seen an update, else the trained one."""
-        ema = getattr(self, "ema_denoiser", None)
-        if ema is not None and int(ema.n_averaged) > 0:
-            return ema.module
+        if self.ema_denoiser is not None and int(self.ema_denoiser.n_averaged) > 0:
+            return self.ema_denoiser.module
         return self.denoiser
 
     def noised(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

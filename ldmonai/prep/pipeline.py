@@ -130,16 +130,16 @@ def _pair_labels(files: list[Path]) -> list[dict]:
     A folder of segmentation data (``Case1.nii.gz``, ``Case1_label.nii.gz``) is a list of pairs:
     resampling the label as an image would interpolate its class ids.
     """
-    by_name = {(p.parent, image_stem(p)): p for p in files}
-    labels = {}
-    for p in files:
-        stem = image_stem(p)
+    keys = {p: (p.parent, image_stem(p)) for p in files}
+    images = set(keys.values())
+    labels = {}  # image key -> its label file
+    for p, (folder, stem) in keys.items():
         for suffix in LABEL_SUFFIXES:
-            if stem.endswith(suffix) and (p.parent, stem[: -len(suffix)]) in by_name:
-                labels[(p.parent, stem[: -len(suffix)])] = p
+            if stem.endswith(suffix) and (folder, stem[: -len(suffix)]) in images:
+                labels[(folder, stem[: -len(suffix)])] = p
                 break
     paired = set(labels.values())
-    return [{"image": str(p), **({"label": str(labels[(p.parent, image_stem(p))])} if (p.parent, image_stem(p)) in labels else {})}
+    return [{"image": str(p), **({"label": str(labels[keys[p]])} if keys[p] in labels else {})}
             for p in files if p not in paired]
 
 
@@ -334,7 +334,8 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
 
     report = PrepReport(str(config.get("name", "pipeline")), str(out_root))
     records, jobs = [], []
-    for entry, cid in zip(entries, case_ids(entries)):
+    ids = case_ids(entries)
+    for entry, cid in zip(entries, ids):
         done = _finished(out_root / cid, digest) if resume else None
         if done:
             report.skipped.append(cid)
@@ -376,7 +377,7 @@ def run_pipeline(config, source: str | os.PathLike, out_dir: str | os.PathLike, 
     records.sort(key=lambda r: r["case"])
     report.done.sort()  # workers finish in any order; the report lists cases in one
     write_slice_index(records, out_root)
-    write_output_datalist(records, dict(zip(case_ids(entries), entries)), out_root)
+    write_output_datalist(records, dict(zip(ids, entries)), out_root)
     report.seconds = time.perf_counter() - start
     atomic_write_json(out_root / REPORT_NAME, report.to_dict())
     return report
