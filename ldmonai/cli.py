@@ -142,14 +142,15 @@ def _add_pipeline(sub) -> None:
     p = sub.add_parser("skullstrip", help="skull-stripping of T1 heads (deepbet or atlas)",
                        description="deepbet's network when installed (--method auto, the default), or: register the "
                                    "ROBEX head atlas (or --atlas) to each T1 after cutting the neck, carry its brain mask "
-                                   "over and clean it with ITK morphology. Writes <case>_image (stripped), <case>_mask "
+                                   "over and clean it with ITK morphology; then trim the CSF layer over the brain. Writes <case>_image (stripped), <case>_mask "
                                    "and <case>_mask.png.",
                        epilog=EXAMPLES_PIPELINE, formatter_class=fmt)
     _add_batch_args(p)
     p.add_argument("--atlas", default="robex", help="'robex' or a head image with skull (default: robex)")
     p.add_argument("--atlas-mask", help="brain mask of a custom --atlas")
-    p.add_argument("--refine", choices=("none", "levelset"), default="none",
-                   help="intensity refinement of the boundary (default: none)")
+    p.add_argument("--refine", choices=("csf", "none", "levelset"), default="csf",
+                   help="the boundary step: csf trims the CSF layer over the brain (either method), none keeps the "
+                        "method's mask, levelset refines an atlas fit by intensity (default: csf)")
     p.add_argument("--method", choices=("atlas", "deepbet", "auto"), default="auto",
                    help="atlas registration, the learned deepbet backend (pip install \"ldmonai[deepbet]\"), or auto: "
                         "deepbet when installed, else atlas (default: auto)")

@@ -147,8 +147,8 @@ class SkullStrip(Step):
     name = "skullstrip"
     needs_3d = True
 
-    def __init__(self, atlas: str = "robex", atlas_mask: str | None = None, refine: str = "none",
-                 grid_spacing_mm: float = 15.0, closing_mm: float = 2.0, threads: int | None = None,
+    def __init__(self, atlas: str = "robex", atlas_mask: str | None = None, refine: str = "csf",
+                 grid_spacing_mm: float = 30.0, closing_mm: float = 2.0, threads: int | None = None,
                  robust_fov: bool = True, fov_extent_mm: float = 150.0, brain_ml: tuple[float, float] = (900.0, 1900.0),
                  figure: bool = True, method: str = "auto"):
         settings = RegistrationSettings(kind="bspline", grid_spacing_mm=grid_spacing_mm, threads=threads)
