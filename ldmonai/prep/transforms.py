@@ -118,7 +118,8 @@ def _named(class_name: str, step_name: str, doc: str):
 
 
 BiasFieldCorrectiond = _named("BiasFieldCorrectiond", "n4", "N4 bias field correction; options as the ``n4`` pipeline step.")
-SkullStripd = _named("SkullStripd", "skullstrip", "Atlas skull-stripping; writes the brain mask to ``mask_key``.")
+SkullStripd = _named("SkullStripd", "skullstrip", "Skull-stripping (``method``: deepbet or the atlas; ``refine``: the CSF trim by "
+                                                  "default); writes the brain mask to ``mask_key``.")
 RegisterToTemplated = _named("RegisterToTemplated", "register", "Registration to a template; the image (and labels) move to its grid.")
 Reorientd = _named("Reorientd", "reorient", "Reorient to an axis code (default RAS) without interpolation.")
 ResampleToSpacingd = _named("ResampleToSpacingd", "resample", "Resample to a spacing in mm (labels by nearest neighbour).")
