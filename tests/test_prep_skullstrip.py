@@ -186,6 +186,21 @@ def test_csf_trim_removes_the_csf_layer_and_keeps_the_brain(spacing):
     assert _dice(trim_outer_csf(image, brain), brain) > 0.98
 
 
+def test_clean_mask_fills_holes_in_3d_and_in_each_axial_slice():
+    """A ball with a closed cavity (a 3D hole) and a channel along S-I through it (open in 3D, a hole in
+    every axial slice it crosses), next to a stray speck: the clean mask is the full ball, nothing else."""
+    from ldmonai.prep.skull_strip import clean_mask
+
+    r = np.indices((40, 40, 40)) - 19.5
+    ball = np.sqrt((r ** 2).sum(0)) < 15
+    holed = ball & ~(np.sqrt((r ** 2).sum(0)) < 4)  # the cavity
+    holed &= ~((np.abs(r[1]) < 2) & (np.abs(r[2]) < 2) & (r[0] > 6))  # the channel, axis 0 = z = S-I
+    holed[0, 0, 0] = True  # the speck
+    image = sitk.GetImageFromArray(holed.astype(np.uint8))
+    assert sitk.GetArrayFromImage(sitk.BinaryFillhole(image)).sum() < ball.sum()  # a 3D fill alone misses the channel
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(clean_mask(image, closing_mm=0.5)) > 0, ball)
+
+
 @pytest.mark.parametrize("method", ["atlas", "deepbet"])
 def test_real_head_at_2mm_in_another_orientation(method):
     """The shared real head resampled to 2 mm and stored axial, left-posterior-inferior (axes permuted
