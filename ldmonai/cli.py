@@ -142,8 +142,8 @@ def _add_pipeline(sub) -> None:
     p = sub.add_parser("skullstrip", help="skull-stripping of T1 heads (deepbet or atlas)",
                        description="deepbet's network when installed (--method auto, the default), or: register the "
                                    "ROBEX head atlas (or --atlas) to each T1 after cutting the neck, carry its brain mask "
-                                   "over and clean it with ITK morphology; then trim the CSF layer over the brain. Writes <case>_image (stripped), <case>_mask "
-                                   "and <case>_mask.png.",
+                                   "over and clean it with ITK morphology; then trim the CSF layer over the brain. "
+                                   "Writes <case>_image (stripped), <case>_mask and <case>_mask.png.",
                        epilog=EXAMPLES_PIPELINE, formatter_class=fmt)
     _add_batch_args(p)
     p.add_argument("--atlas", default="robex", help="'robex' or a head image with skull (default: robex)")
