@@ -223,4 +223,4 @@ def test_real_head_at_2mm_in_another_orientation(method):
     assert moved.GetDirection() != image.GetDirection()
     result = SkullStripper(method=method)(moved, "uih_t1_2mm_lpi")
     assert result.mask.GetSize() == moved.GetSize() and result.mask.GetDirection() == moved.GetDirection()
-    assert _dice(result.mask, ref) >= (0.93 if method == "atlas" else 0.955)  # 0.939 and 0.964 measured
+    assert _dice(result.mask, ref) >= (0.93 if method == "atlas" else 0.955)  # 0.940 and 0.964 measured
