@@ -413,7 +413,10 @@ def _run_demo(args) -> int:
     return run_demo(args.out_dir, train=args.train, export=args.export_weights)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; for ``argv`` that starts with ``prep convert``, only that branch
+    (building every subcommand costs 10 ms, a tenth of converting dcm_qa_nih)."""
+    only_convert = argv is not None and argv[:2] == ["prep", "convert"]
     parser = _Parser(prog="ldmonai", description="Generative medical imaging with MONAI bundles: "
                      "Latent Drifting, LDSeg and GDM, plus the preprocessing that feeds them.",
                      epilog="examples:\n  ldmonai prep convert /data/dicom /data/nifti --workers 2\n"
@@ -430,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep_sub = prep.add_subparsers(dest="step", metavar="STEP", parser_class=_Parser)
     prep_sub.required = True
     _add_convert(prep_sub)
+    if only_convert:
+        return parser
     _add_pipeline(prep_sub)
 
     _add_data(top)
@@ -454,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

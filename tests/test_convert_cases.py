@@ -127,6 +127,55 @@ def test_outputs_are_byte_for_byte_a_direct_dcm2niix_call(tmp_path, workers):
     assert any("_Tilt_1" in n for n in names), sorted(names)
 
 
+def _calls(monkeypatch) -> list[list[str]]:
+    """Record every dcm2niix command line the engine runs."""
+    calls, real = [], engine.subprocess.run
+
+    def spy(cmd, *args, **kwargs):
+        calls.append(cmd)
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(engine.subprocess, "run", spy)
+    return calls
+
+
+@pytest.mark.parametrize("template", ["{PatientID}/{SeriesNumber}_{ProtocolName}", "%f_%p_%s_%e", "scan"])
+def test_series_sharing_a_call_get_the_files_of_calls_of_their_own(tmp_path, monkeypatch, template):
+    """Several series in one dcm2niix call (``%j/`` folders, then each series' own name) give the
+    very files that one call per series gives: known answer, dcm2niix's own per-series output, for
+    ldmonai names (the ``x`` placeholder), dcm2niix names, and one name for every series (letters)."""
+    _mixed_tree(tmp_path / "in")
+    calls = _calls(monkeypatch)
+    shared = convert_tree(tmp_path / "in", tmp_path / "shared", template=template, compress=False, workers=2,
+                          progress=False)
+    assert shared.ok, shared.summary()
+    assert len(calls) == 2, "six series on two workers: two dcm2niix calls"
+    assert all(c[c.index("-f") + 1].startswith("%j/") for c in calls)
+    with monkeypatch.context() as m:
+        m.setattr(engine, "batch_name", lambda names: None)  # one call per series, as before batches
+        alone = convert_tree(tmp_path / "in", tmp_path / "alone", template=template, compress=False, workers=2,
+                             progress=False)
+    assert len(calls) == 2 + 6
+    assert _tree(tmp_path / "shared") == _tree(tmp_path / "alone")
+    assert len(_tree(tmp_path / "shared")) >= 14  # echoes, the tilt copy, the clashing twins
+    if template == "scan":
+        assert {"scan.nii", "scana.nii", "scanb.nii"} <= set(_tree(tmp_path / "shared"))
+    assert [len(c["outputs"]) for c in shared.converted] == [len(c["outputs"]) for c in alone.converted]
+
+
+def test_the_nih_set_takes_one_dcm2niix_call_per_worker(tmp_path, monkeypatch, dcm_qa_nih):
+    """Small inputs are packed into as many calls as workers, each call's series whole; the files
+    are dcm2niix's own for the whole tree."""
+    calls = _calls(monkeypatch)
+    report = convert_tree(dcm_qa_nih / "In", tmp_path / "out", template="%p_%s", compress=False, workers=2,
+                          progress=False)
+    assert report.ok and len(report.converted) == 8, report.summary()
+    assert len(calls) == 2
+    listed = [Path(c[-1]).read_text().split() if Path(c[-1]).exists() else None for c in calls]
+    assert listed == [None, None]  # the private list files are gone with the temporary folder
+    assert _tree(tmp_path / "out") == _direct(dcm_qa_nih / "In", tmp_path / "direct", "-f", "%p_%s")
+
+
 def test_gantry_tilt_copy_is_corrected_onto_an_orthogonal_grid(tmp_path):
     """Known answer: a gantry tilted about the x axis shifts each slice 1 mm along y; a rod that is
     vertical in patient space therefore drifts one row per slice in the raw images and must be

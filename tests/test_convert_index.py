@@ -164,3 +164,84 @@ def test_the_index_stops_after_its_last_wanted_tag(tmp_path):
             assert type(exc).__name__ == "Truncated"
         else:
             raise AssertionError("the full walk read past the cut")
+
+
+# --- the fast series-UID scan (index.fast_series_uid) -------------------------------------------
+
+def _pydicom_uid(path) -> str | None:
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    uid = ds.get("SeriesInstanceUID")
+    return None if uid is None else str(uid).strip()
+
+
+def _head(path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(index_mod.HEAD_BYTES)
+
+
+def test_fast_scan_agrees_with_pydicom_on_scanner_exports_and_samples():
+    """Wherever the byte scan answers, it gives pydicom's SeriesInstanceUID; on the scanner exports
+    (explicit VR little endian, GE and Siemens) it answers for every image."""
+    nih = sorted(shared_path("dcm_qa_nih", "In").rglob("*.dcm"))
+    answered = 0
+    for path in nih + _sample_files():
+        uid = index_mod.fast_series_uid(_head(path))
+        if uid is not None:
+            assert uid == _pydicom_uid(path), path
+            answered += 1
+    assert sum(index_mod.fast_series_uid(_head(p)) is not None for p in nih) == len(nih) > 600
+
+
+def _with_related_series(tmp_path, name: str, undefined_length: bool, nested_after: bool = False,
+                         implicit: bool = False) -> tuple[Path, str]:
+    """CT_small.dcm with a Related Series Sequence (0008,1250) whose item holds StudyInstanceUID and
+    the SeriesInstanceUID of *another* series: the same byte pair as the image's own, earlier in the
+    file. ``nested_after`` puts the pair in a later sequence (0040,A375) instead."""
+    ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    item = pydicom.Dataset()
+    item.StudyInstanceUID = ds.StudyInstanceUID
+    item.SeriesInstanceUID = "1.2.3.4.5.6.7.8.9"
+    seq = pydicom.Sequence([item])
+    if nested_after:
+        ds.CurrentRequestedProcedureEvidenceSequence = seq
+    else:
+        ds.RelatedSeriesSequence = seq
+    for elem in ds.iterall():
+        if elem.VR == "SQ":
+            elem.is_undefined_length = undefined_length
+            for it in elem.value:
+                it.is_undefined_length_sequence_item = undefined_length
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True)
+    return path, str(ds.SeriesInstanceUID)
+
+
+def test_fast_scan_never_takes_a_series_uid_from_inside_a_sequence(tmp_path):
+    """Known answer: the image's own (top-level) UID, which pydicom reads. The scan answers None for
+    the nested-first files (then the walker reads them), never the other series' UID."""
+    keys = keyword_tags(["SeriesInstanceUID"])
+    for undefined in (True, False):
+        path, own = _with_related_series(tmp_path, f"related_{undefined}.dcm", undefined)
+        assert _pydicom_uid(path) == own
+        assert index_mod.fast_series_uid(_head(path)) is None
+        assert index_mod.index_chunk([str(path)], [])[0][1]["SeriesInstanceUID"] == own
+        later, own_later = _with_related_series(tmp_path, f"later_{undefined}.dcm", undefined, nested_after=True)
+        assert index_mod.fast_series_uid(_head(later)) == own_later == _pydicom_uid(later)
+    implicit, own = _with_related_series(tmp_path, "implicit.dcm", True, implicit=True)
+    assert index_mod.fast_series_uid(_head(implicit)) is None  # implicit VR: the walker's job
+    assert read_index_tags(str(implicit), keys)["SeriesInstanceUID"] == own
+
+
+def test_fast_scan_gives_up_on_sequences_stored_as_un_and_on_cut_headers(tmp_path):
+    ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    raw = bytearray(_head(PYDICOM_FILES / "CT_small.dcm"))
+    own = str(ds.SeriesInstanceUID)
+    assert index_mod.fast_series_uid(bytes(raw)) == own
+    # a private element of VR UN and undefined length before the UID: its inside is implicit VR
+    meta_end = 144 + int.from_bytes(raw[140:144], "little")
+    un = b"\x09\x00\x10\x10UN\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    assert index_mod.fast_series_uid(bytes(raw[:meta_end]) + un + bytes(raw[meta_end:])) is None
+    at = raw.index(b"\x20\x00\x0e\x00UI")
+    assert index_mod.fast_series_uid(bytes(raw[:at + 12])) is None  # cut inside the UID's value

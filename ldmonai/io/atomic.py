@@ -9,11 +9,10 @@ is only atomic within one filesystem.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 TMP_MARK = ".ldmonai-tmp"
 
@@ -50,6 +49,8 @@ def atomic_write_json(target: str | os.PathLike, obj, indent: int = 2) -> Path:
 def atomic_write_csv(target: str | os.PathLike, rows: Sequence[Mapping]) -> Path:
     """Write dict ``rows`` as CSV to ``target`` atomically; the columns are every key, in the
     order they first appear. Returns the target path."""
+    import csv  # here: the DICOM converter writes JSON only, and starts in a tenth of a second
+
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with atomic_path(target) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:

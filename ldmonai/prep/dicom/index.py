@@ -17,14 +17,28 @@ from __future__ import annotations
 import os
 import struct
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ldmonai.errors import LdmonaiError, UsageError
-from ldmonai.prep.dicom.elements import KEYWORDS, Elements, Truncated, Unsupported, read_elements
+from ldmonai.prep.dicom.elements import BIG_ENDIAN, DEFLATED, IMPLICIT_LE, KEYWORDS, Elements, Truncated, \
+    Unsupported, read_elements
 
 DIRECTORY_SOP = "1.2.840.10008.1.3.10"  # a DICOMDIR: an index of other files, no image
 BASE_KEYS = ("SeriesInstanceUID", "SOPClassUID", "MediaStorageSOPClassUID")
+HEAD_BYTES = 16384  # the fast scan's one read: group 0x0020 lies within it in every vendor's files we have
+
+# Byte patterns of explicit-VR little-endian elements (tag group, element, VR).
+_PREFIX = b"DICM\x02\x00\x00\x00UL\x04\x00"  # the Part-10 marker, then the meta group's length element
+_TRANSFER_SYNTAX = b"\x02\x00\x10\x00UI"
+_STUDY_UID = b"\x20\x00\x0d\x00UI"
+_SERIES_UID = b"\x20\x00\x0e\x00UI"
+_SEQUENCE = b"SQ\x00\x00"  # VR SQ and its two reserved bytes, then a 4-byte length
+_UN_UNDEFINED = b"UN\x00\x00\xff\xff\xff\xff"  # a sequence stored as UN: implicit VR inside
+_SEQUENCE_UNDEFINED = _SEQUENCE + b"\xff\xff\xff\xff"
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_NOT_EXPLICIT_LE = frozenset(uid.encode() for uid in (IMPLICIT_LE, BIG_ENDIAN, *DEFLATED))
+_U16, _U32 = struct.Struct("<H").unpack_from, struct.Struct("<I").unpack_from
+_UID_CHARS = frozenset(b"0123456789.")
 
 
 def keyword_tags(keywords) -> dict[str, int]:
@@ -69,6 +83,78 @@ def _plain(value):
     elif kind == "IS":
         value = int(value)
     return None if value is None else str(value)
+
+
+def _uid_value(head: bytes, pos: int) -> str | None:
+    """The UI value of the explicit-VR element at ``pos`` when it is a well-formed UID."""
+    if pos + 8 > len(head):
+        return None
+    end = pos + 8 + _U16(head, pos + 6)[0]
+    value = head[pos + 8:end].rstrip(b"\x00 ")
+    if end > len(head) or not 0 < len(value) <= 64 or not _UID_CHARS.issuperset(value):
+        return None
+    return value.decode("ascii")
+
+
+def _inside_a_sequence(head: bytes, start: int, pos: int) -> bool | None:
+    """Whether ``pos`` lies inside a sequence whose SQ element starts in ``[start, pos)``; None
+    when that cannot be told from ``head`` (a sequence runs past it, or one is stored as UN,
+    whose inside is implicit VR)."""
+    if head.find(_UN_UNDEFINED, start, pos) >= 0:
+        return None
+    at = head.find(_SEQUENCE, start, pos)
+    while at >= 0:
+        if at + 8 > len(head):
+            return None
+        length = _U32(head, at + 4)[0]
+        if length != 0xFFFFFFFF:
+            end = at + 8 + length
+        else:  # undefined length: the sequence delimiter that closes it, counting nested ones
+            depth, end = 1, at + 8
+            while depth:
+                close = head.find(_SEQUENCE_END, end)
+                if close < 0:
+                    return None
+                opened = head.find(_SEQUENCE_UNDEFINED, end, close)
+                depth, end = (depth + 1, opened + 8) if opened >= 0 else (depth - 1, close + 8)
+        if end > len(head):
+            return None
+        if at < pos < end:
+            return True
+        at = head.find(_SEQUENCE, at + 4, pos)
+    return False
+
+
+def fast_series_uid(head: bytes) -> str | None:
+    """SeriesInstanceUID of a Part-10 file with an explicit-VR little-endian data set, from its first
+    bytes with a few byte searches (about 10 us a file, against 90 us for the element walker);
+    None whenever the answer is not certain, and the walker or pydicom then reads the file.
+
+    Certain means: the transfer syntax (read from the meta group) is explicit VR little endian
+    (native or encapsulated); the element (0020,000E) directly follows (0020,000D), StudyInstanceUID,
+    which every image carries; and it lies outside every sequence that starts before it, since
+    sequences (Related Series, 0008,1250, for one) may hold the same pair for another series.
+    Every SQ marker counts, even one that is only a value's bytes: a false one can only make the
+    answer None.
+    """
+    if head[128:140] != _PREFIX or len(head) < 144:
+        return None
+    meta_end = 144 + _U32(head, 140)[0]
+    at = head.find(_TRANSFER_SYNTAX, 132, meta_end)
+    if at < 0 or at + 8 > meta_end:
+        return None
+    syntax = head[at + 8:at + 8 + _U16(head, at + 6)[0]].rstrip(b"\x00 ")
+    if not syntax or syntax in _NOT_EXPLICIT_LE or not _UID_CHARS.issuperset(syntax):
+        return None
+    at = head.find(_SERIES_UID, meta_end)
+    while at >= 0:
+        study = head.rfind(_STUDY_UID, meta_end, at)
+        if study >= 0 and study + 8 + _U16(head, study + 6)[0] == at:
+            break
+        at = head.find(_SERIES_UID, at + 4)
+    if at < 0 or _inside_a_sequence(head, meta_end, at) is not False:
+        return None
+    return _uid_value(head, at)
 
 
 def _walk(path: str, tags: dict[str, int]) -> dict | None:
@@ -127,15 +213,52 @@ def read_index_tags(path: str, tags: dict[str, int]) -> dict | None:
 
 
 def index_chunk(paths: list[str], keywords: list[str]) -> list[tuple[str, dict | None, dict | None]]:
-    """``(path, tags or None, error or None)`` for each path: one task of the index pass."""
+    """``(path, tags or None, error or None)`` for each path: one task of the index pass.
+
+    A file that :func:`fast_series_uid` reads gets its series UID only; :func:`complete_tags`
+    later reads the template's keywords from the first file of each series.
+    """
     tags = keyword_tags(list(dict.fromkeys([*BASE_KEYS, *keywords])))
     out = []
     for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)  # no buffered file object: a third of the per-file cost
+            try:
+                uid = fast_series_uid(os.read(fd, HEAD_BYTES))
+            finally:
+                os.close(fd)
+        except OSError:
+            uid = None  # read_index_tags words it
+        if uid is not None:
+            out.append((path, {"SeriesInstanceUID": uid}, None))
+            continue
         try:
             out.append((path, read_index_tags(path, tags), None))
         except LdmonaiError as exc:
             out.append((path, None, exc.to_dict()))
     return out
+
+
+def complete_tags(series: list["SeriesFiles"], keywords: list[str]) -> list[dict]:
+    """Give each series the template's keywords, read from its first file where the fast scan
+    left them out (one file a series). A file whose header cannot be read leaves its series with
+    an error, as in the index pass, and the next file is tried. Returns the errors; a series left
+    without files is dropped from ``series`` (in place)."""
+    if not keywords:
+        return []
+    tags = keyword_tags(list(dict.fromkeys([*BASE_KEYS, *keywords])))
+    errors = []
+    for s in series:
+        while s.files and not set(keywords) <= s.tags.keys():
+            try:
+                # a keyword the file lacks stays None (the name then says "unknown")
+                s.tags = {**dict.fromkeys(keywords), "SeriesInstanceUID": s.uid,
+                          **(read_index_tags(s.files[0], tags) or {})}
+            except LdmonaiError as exc:
+                errors.append(exc.to_dict())
+                s.files.pop(0)
+    series[:] = [s for s in series if s.files]
+    return errors
 
 
 def index_folders(folders: list[tuple[str, list[str]]], keywords: list[str]) -> list[tuple]:
@@ -162,18 +285,19 @@ def index_folders(folders: list[tuple[str, list[str]]], keywords: list[str]) -> 
     return out
 
 
-@dataclass
 class SeriesFiles:
     """The files of one DICOM series (one SeriesInstanceUID) and the tags its name is built from."""
 
-    uid: str
-    files: list = field(default_factory=list)
-    tags: dict = field(default_factory=dict)
+    def __init__(self, uid: str, files: list | None = None, tags: dict | None = None):
+        self.uid, self.files, self.tags = uid, files if files is not None else [], tags if tags is not None else {}
+
+    def __repr__(self) -> str:
+        return f"SeriesFiles({self.uid!r}, {len(self.files)} files)"
 
     @property
     def folder(self) -> str:
         """The deepest folder that holds every file of the series (for reports)."""
-        return os.path.commonpath([os.path.dirname(f) for f in self.files]) if self.files else ""
+        return os.path.commonpath(list({os.path.dirname(f) for f in self.files})) if self.files else ""
 
 
 def group_series(records: list[tuple[str, dict]]) -> list[SeriesFiles]:
@@ -209,5 +333,5 @@ def chunks(items: list, n: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-__all__ = ["SeriesFiles", "chunks", "group_series", "index_chunk", "keyword_tags", "list_files",
+__all__ = ["SeriesFiles", "chunks", "complete_tags", "fast_series_uid", "group_series", "index_chunk", "keyword_tags", "list_files",
            "looks_like_dicom", "read_index_tags"]
