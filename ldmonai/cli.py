@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ldmonai import __version__
@@ -34,6 +35,15 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def _get_formatter(self):
+        # argparse's formatter imports shutil (with bz2 and lzma, 1.6 ms) only to read the terminal
+        # width; the same width from os, as shutil.get_terminal_size computes it
+        try:
+            columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (ValueError, OSError, AttributeError):
+            columns = 80
+        return self.formatter_class(prog=self.prog, width=columns - 2)
 
 
 def _add_convert(sub) -> None:
