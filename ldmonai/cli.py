@@ -17,7 +17,7 @@ EXAMPLES_CONVERT = """examples:
   ldmonai prep convert /data/dicom /data/nifti --scheduler local --workers 4
   ldmonai prep convert /data/dicom /data/nifti --scheduler tcp://head-node:8786
 
-Every series is converted by dcm2niix (the pinned wheel's binary), one call per series.
+Every series is converted by dcm2niix (the pinned wheel's binary); each call gets whole series.
 Re-running the same command resumes: series whose outputs exist are skipped.
 Exit status: 0 all converted, 1 some series failed (see conversion_report.json), 2 bad arguments.
 """
