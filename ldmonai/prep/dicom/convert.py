@@ -14,7 +14,7 @@ Three passes:
 
 A re-run skips series whose marker and outputs exist. A failed series is recorded in
 ``conversion_report.json`` with its folder, dcm2niix's message and a fix, and the batch goes on.
-Inputs are only read: dcm2niix sees symbolic links to them.
+Inputs are only read: dcm2niix gets a list of their paths.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ _SEQUENCE = b"SQ\x00\x00"  # VR SQ and its two reserved bytes, then a 4-byte len
 _UN_UNDEFINED = b"UN\x00\x00\xff\xff\xff\xff"  # a sequence stored as UN: implicit VR inside
 _SEQUENCE_UNDEFINED = _SEQUENCE + b"\xff\xff\xff\xff"
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-_NOT_EXPLICIT_LE = frozenset(uid.encode() for uid in (IMPLICIT_LE, BIG_ENDIAN, *DEFLATED))
+_NOT_EXPLICIT_LE = frozenset((IMPLICIT_LE, BIG_ENDIAN, *DEFLATED))
 _U16, _U32 = struct.Struct("<H").unpack_from, struct.Struct("<I").unpack_from
 _UID_CHARS = frozenset(b"0123456789.")
 
@@ -143,8 +143,8 @@ def fast_series_uid(head: bytes) -> str | None:
     at = head.find(_TRANSFER_SYNTAX, 132, meta_end)
     if at < 0 or at + 8 > meta_end:
         return None
-    syntax = head[at + 8:at + 8 + _U16(head, at + 6)[0]].rstrip(b"\x00 ")
-    if not syntax or syntax in _NOT_EXPLICIT_LE or not _UID_CHARS.issuperset(syntax):
+    syntax = _uid_value(head, at)
+    if syntax is None or syntax in _NOT_EXPLICIT_LE:
         return None
     at = head.find(_SERIES_UID, meta_end)
     while at >= 0:
